@@ -1,0 +1,1 @@
+//! Fault-injection scenarios run against real Keelson processes, with their histories checked against models.

@@ -1,0 +1,1 @@
+//! The Kubernetes API server, the controllers and the scheduler (see `docs/architecture.md`).

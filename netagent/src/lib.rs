@@ -1,0 +1,1 @@
+//! The network agent: pod interfaces over CNI, the iptables service proxy and cluster DNS (see `docs/architecture.md`).

@@ -1,0 +1,148 @@
+//! The store's errors, and their mapping to etcd's gRPC errors.
+//!
+//! Variants carry the ids involved; the etcd wording and gRPC code are chosen
+//! only at the edge, in [`Error::to_status`], so that `etcdctl` and etcd client
+//! libraries recognise them (they match on the message text).
+
+use tonic::{Code, Status};
+
+use crate::revision::Revision;
+
+/// Everything that can go wrong serving a store request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("key not found for ignore_value/ignore_lease put of {key:?}")]
+    KeyNotFound { key: String },
+    #[error("value is provided together with ignore_value")]
+    ValueProvided,
+    #[error("lease is provided together with ignore_lease")]
+    LeaseProvided,
+    #[error("txn has {ops} operations, more than the limit of {max}")]
+    TooManyOps { ops: usize, max: usize },
+    #[error("txn writes key {key:?} twice")]
+    DuplicateKey { key: String },
+    #[error("invalid sort order or target")]
+    InvalidSortOption,
+    #[error("revision {requested} has been compacted (compacted at {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("revision {requested} is in the future (current {current})")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("lease {id:x} not found")]
+    LeaseNotFound { id: i64 },
+    #[error("lease {id:x} already exists")]
+    LeaseExists { id: i64 },
+    #[error("lease TTL {ttl} is larger than the maximum {max}")]
+    LeaseTtlTooLarge { ttl: i64, max: i64 },
+    #[error("request of {size} bytes exceeds the limit of {max} bytes")]
+    RequestTooLarge { size: usize, max: usize },
+    #[error("command at log index {index} has no operation")]
+    MalformedCommand { index: u64 },
+    #[error("member {id:x} not found")]
+    MemberNotFound { id: u64 },
+    #[error("leader transfer to {id:x} is not possible: it is not a voting member")]
+    BadLeaderTransferee { id: u64 },
+    #[error("no downgrade is possible to {target:?}")]
+    InvalidDowngradeTarget { target: String },
+    #[error("no downgrade is in progress")]
+    NoInflightDowngrade,
+    #[error("the store is shutting down")]
+    Stopped,
+    #[error("cannot start a store thread")]
+    Thread { source: std::io::Error },
+    #[error("storage error")]
+    Storage(#[from] rocksdb::Error),
+    #[error("corrupt record at revision {rev}: {reason}")]
+    CorruptRecord { rev: Revision, reason: &'static str },
+    #[error("corrupt metadata {key:?}: {reason}")]
+    CorruptMeta {
+        key: &'static str,
+        reason: &'static str,
+    },
+    #[error("data directory belongs to member {found:?}, not {expected:?}")]
+    WrongMember { found: String, expected: String },
+}
+
+/// `Result` with the store's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The gRPC status etcd returns for this error, with etcd's exact message.
+    pub fn to_status(&self) -> Status {
+        let (code, message) = match self {
+            Error::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+            Error::KeyNotFound { .. } => (Code::InvalidArgument, "etcdserver: key not found"),
+            Error::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+            Error::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            Error::TooManyOps { .. } => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            Error::DuplicateKey { .. } => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            Error::InvalidSortOption => (Code::InvalidArgument, "etcdserver: invalid sort option"),
+            Error::Compacted { .. } => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            Error::FutureRevision { .. } => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            Error::LeaseNotFound { .. } => {
+                (Code::NotFound, "etcdserver: requested lease not found")
+            }
+            Error::LeaseExists { .. } => {
+                (Code::FailedPrecondition, "etcdserver: lease already exists")
+            }
+            Error::LeaseTtlTooLarge { .. } => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            Error::RequestTooLarge { .. } => {
+                (Code::InvalidArgument, "etcdserver: request is too large")
+            }
+            Error::MemberNotFound { .. } => (Code::NotFound, "etcdserver: member not found"),
+            Error::BadLeaderTransferee { .. } => (
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            Error::InvalidDowngradeTarget { .. } => (
+                Code::InvalidArgument,
+                "etcdserver: invalid downgrade target version",
+            ),
+            Error::NoInflightDowngrade => (
+                Code::FailedPrecondition,
+                "etcdserver: no inflight downgrade job",
+            ),
+            Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+            Error::Storage(_)
+            | Error::CorruptRecord { .. }
+            | Error::CorruptMeta { .. }
+            | Error::MalformedCommand { .. }
+            | Error::Thread { .. }
+            | Error::WrongMember { .. } => {
+                return Status::internal(format!("etcdserver: {}", error_chain(self)));
+            }
+        };
+        Status::new(code, message)
+    }
+}
+
+/// An error and its causes on one line, for logs and internal errors.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        error.to_status()
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics, named as etcd names them so existing dashboards work.
+//!
+//! - store gauges, refreshed periodically ([`refresh_store_gauges`]);
+//! - `etcd_disk_backend_commit_duration_seconds`, recorded on each synced write;
+//! - gRPC counters and latencies with go-grpc-prometheus's names
+//!   (`grpc_server_started_total`, `grpc_server_handled_total`,
+//!   `grpc_server_handling_seconds`), recorded by [`GrpcMetricsLayer`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use tonic::codegen::http;
+
+use crate::node::Node;
+
+/// Registers the help text of every metric the store exports.
+pub fn describe() {
+    describe_gauge!(
+        "etcd_server_has_leader",
+        "Whether a leader exists (1) or not (0)."
+    );
+    describe_gauge!(
+        "etcd_server_is_leader",
+        "Whether this member is the leader (1) or not (0)."
+    );
+    describe_counter!(
+        "etcd_server_proposals_committed_total",
+        "Consensus proposals committed."
+    );
+    describe_counter!(
+        "etcd_server_proposals_applied_total",
+        "Consensus proposals applied."
+    );
+    describe_counter!(
+        "etcd_server_proposals_failed_total",
+        "Proposals whose command failed."
+    );
+    describe_gauge!(
+        "etcd_mvcc_db_total_size_in_bytes",
+        Unit::Bytes,
+        "Size of the store's database on disk."
+    );
+    describe_gauge!(
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        Unit::Bytes,
+        "Live data in the store's database."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_keys_total",
+        "Keys with history in the index."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_current_revision",
+        "The store's current revision."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_compact_revision",
+        "The revision of the last compaction."
+    );
+    describe_gauge!(
+        "etcd_debugging_mvcc_watcher_total",
+        "Watchers open on this member."
+    );
+    describe_histogram!(
+        "etcd_disk_backend_commit_duration_seconds",
+        Unit::Seconds,
+        "Latency of synced writes to the database."
+    );
+    describe_counter!("grpc_server_started_total", "RPCs started on the server.");
+    describe_counter!(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, by status code."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Latency of unary RPCs until the response is ready."
+    );
+}
+
+/// Sets the store gauges from the node's current state.
+pub fn refresh_store_gauges(node: &Node) {
+    let store = node.store();
+    let (size, in_use) = store.db_size();
+    gauge!("etcd_server_has_leader").set(1.0);
+    gauge!("etcd_server_is_leader").set(f64::from(u8::from(
+        node.leader() == node.identity_record().member_id,
+    )));
+    gauge!("etcd_mvcc_db_total_size_in_bytes").set(size as f64);
+    gauge!("etcd_mvcc_db_total_size_in_use_in_bytes").set(in_use as f64);
+    gauge!("etcd_debugging_mvcc_keys_total").set(store.key_count() as f64);
+    gauge!("etcd_debugging_mvcc_current_revision").set(store.revision() as f64);
+    gauge!("etcd_debugging_mvcc_compact_revision").set(store.compacted_revision() as f64);
+}
+
+/// The streaming methods of the etcd API; everything else is unary.
+fn grpc_type(method: &str) -> &'static str {
+    match method {
+        "Watch" | "LeaseKeepAlive" => "bidi_stream",
+        "Snapshot" => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// A tower layer counting and timing gRPC calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] wraps around the gRPC routes.
+#[derive(Clone, Debug)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // Paths are "/etcdserverpb.KV/Range".
+        let path = request.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let (service, method) = (service.to_owned(), method.to_owned());
+        let kind = grpc_type(&method);
+        let labels = [
+            ("grpc_type", kind.to_owned()),
+            ("grpc_service", service),
+            ("grpc_method", method),
+        ];
+        counter!("grpc_server_started_total", &labels).increment(1);
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            if kind == "unary" {
+                // Errors come back "trailers-only", with the status in the headers;
+                // a response without one is a success whose OK is in the trailers.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                let mut labels = labels.to_vec();
+                histogram!("grpc_server_handling_seconds", &labels)
+                    .record(started.elapsed().as_secs_f64());
+                let code = if code == tonic::Code::Ok {
+                    "OK".to_owned()
+                } else {
+                    format!("{code:?}")
+                };
+                labels.push(("grpc_code", code));
+                counter!("grpc_server_handled_total", &labels).increment(1);
+            }
+            Ok(response)
+        })
+    }
+}

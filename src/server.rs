@@ -1,0 +1,220 @@
+//! `keelson server`: flags (etcd's names where etcd has them) → member config → `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use keelson_raftstore::node::MemberConfig;
+use keelson_raftstore::server::{Listeners, run as run_member};
+use keelson_raftstore::store::StoreConfig;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    name: String,
+    /// Directory of this member's data (default: NAME.keelson).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URLs to serve clients on, comma-separated (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    listen_client_urls: Vec<String>,
+    /// Client URLs this member tells others about; a port of 0 stands for the bound port.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    advertise_client_urls: Vec<String>,
+    /// URLs to serve /metrics and /health on.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
+    /// Peer URLs this member advertises.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Token that makes this cluster's IDs unique.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    initial_cluster_token: String,
+    /// Largest request accepted, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Most operations in one txn.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Interval of watch progress notifications (e.g. 10m, 1s, 500ms).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    experimental_watch_progress_notify_interval: Duration,
+}
+
+/// Parses Go-style durations as etcd's flags take them: `500ms`, `1s`, `10m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 1s, 10m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        _ => Err(format!("{text:?} has no unit of ms, s, m or h")),
+    }
+}
+
+/// `http://host:port` → `host:port`.
+fn listen_address(url: &str) -> anyhow::Result<&str> {
+    if url.starts_with("https://") {
+        bail!("{url}: TLS client URLs are not served yet; use http://");
+    }
+    let address = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: expected http://HOST:PORT"))?;
+    Ok(address.trim_end_matches('/'))
+}
+
+async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(urls.len());
+    for url in urls {
+        let address = listen_address(url)?;
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {url}"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Replaces port 0 in advertised URLs with the port actually bound.
+fn advertised(urls: &[String], bound: SocketAddr) -> Vec<String> {
+    urls.iter()
+        .map(|url| match url.strip_suffix(":0") {
+            Some(base) => format!("{base}:{}", bound.port()),
+            None => url.clone(),
+        })
+        .collect()
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    // etcd's buckets for disk latencies; Prometheus' defaults for RPCs.
+    let disk: Vec<f64> = (0..14).map(|i| 0.001 * f64::from(1u32 << i)).collect();
+    let rpc = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("etcd_disk_backend_commit_duration_seconds".into()),
+            &disk,
+        )?
+        .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &rpc)?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let mut clients = bind(&args.listen_client_urls).await?;
+    if clients.len() != 1 {
+        bail!(
+            "--listen-client-urls takes one URL for now; got {}",
+            clients.len()
+        );
+    }
+    let client = clients.remove(0);
+    let bound = client.local_addr()?;
+    let metrics = match args.listen_metrics_urls.as_slice() {
+        [] => None,
+        [url] => bind(std::slice::from_ref(url)).await?.pop(),
+        more => bail!(
+            "--listen-metrics-urls takes one URL for now; got {}",
+            more.len()
+        ),
+    };
+    let config = MemberConfig {
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name))),
+        name: args.name,
+        advertise_client_urls: advertised(&args.advertise_client_urls, bound),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls,
+        initial_cluster_token: args.initial_cluster_token,
+        max_request_bytes: args.max_request_bytes,
+        max_txn_ops: args.max_txn_ops,
+        progress_notify_interval: args.experimental_watch_progress_notify_interval,
+        store: StoreConfig::default(),
+        ..MemberConfig::default()
+    };
+    let handle = install_metrics()?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    run_member(
+        config,
+        Listeners { client, metrics },
+        Some(handle),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_etcd_flags() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            listen_address("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
+        assert!(listen_address("https://127.0.0.1:2379").is_err());
+        assert!(listen_address("127.0.0.1:2379").is_err());
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        assert_eq!(
+            advertised(&["http://127.0.0.1:0".into()], bound),
+            ["http://127.0.0.1:4242"]
+        );
+    }
+}
