@@ -23,6 +23,19 @@ pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
 struct Deadline {
     ttl: i64,
     expires: Instant,
+    /// When an expired lease's revocation may be proposed (again).
+    revoke_at: Instant,
+}
+
+impl Deadline {
+    fn new(ttl: i64, now: Instant) -> Self {
+        let expires = now + ttl_duration(ttl);
+        Self {
+            ttl,
+            expires,
+            revoke_at: expires,
+        }
+    }
 }
 
 /// The primary's lease deadlines; empty while the member is not primary.
@@ -42,15 +55,7 @@ impl Lessor {
         self.primary = true;
         self.deadlines = leases
             .into_iter()
-            .map(|(id, ttl)| {
-                (
-                    id,
-                    Deadline {
-                        ttl,
-                        expires: now + ttl_duration(ttl),
-                    },
-                )
-            })
+            .map(|(id, ttl)| (id, Deadline::new(ttl, now)))
             .collect();
     }
 
@@ -67,13 +72,7 @@ impl Lessor {
     /// A lease was granted (applied).
     pub fn granted(&mut self, id: i64, ttl: i64, now: Instant) {
         if self.primary {
-            self.deadlines.insert(
-                id,
-                Deadline {
-                    ttl,
-                    expires: now + ttl_duration(ttl),
-                },
-            );
+            self.deadlines.insert(id, Deadline::new(ttl, now));
         }
     }
 
@@ -89,7 +88,7 @@ impl Lessor {
         if deadline.expires <= now {
             return None;
         }
-        deadline.expires = now + ttl_duration(deadline.ttl);
+        *deadline = Deadline::new(deadline.ttl, now);
         Some(deadline.ttl)
     }
 
@@ -107,14 +106,14 @@ impl Lessor {
         let mut due: Vec<i64> = self
             .deadlines
             .iter()
-            .filter(|(_, d)| d.expires <= now)
+            .filter(|(_, d)| d.expires <= now && d.revoke_at <= now)
             .map(|(id, _)| *id)
             .collect();
         due.sort_unstable();
         due.truncate(limit);
         for id in &due {
             if let Some(deadline) = self.deadlines.get_mut(id) {
-                deadline.expires = now + REVOKE_RETRY;
+                deadline.revoke_at = now + REVOKE_RETRY;
             }
         }
         due

@@ -79,7 +79,11 @@ struct Watcher {
 impl Watcher {
     fn wants(&self, event: &Event) -> bool {
         let Some(kv) = &event.kv else { return false };
-        let filtered = if event.r#type == EventType::Put as i32 { self.no_put } else { self.no_delete };
+        let filtered = if event.r#type == EventType::Put as i32 {
+            self.no_put
+        } else {
+            self.no_delete
+        };
         !filtered && KeyRange::new(&self.key, &self.end).contains(&kv.key)
     }
 }

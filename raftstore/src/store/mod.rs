@@ -20,6 +20,8 @@
 mod apply;
 mod range;
 mod record;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
