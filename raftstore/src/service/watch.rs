@@ -26,6 +26,9 @@ use crate::node::Node;
 
 /// Responses queued per stream before the stream task waits for the client.
 const SEND_QUEUE: usize = 64;
+/// Revisions read from the hub in one go when a watcher catches up (etcd's
+/// `watchBatchMaxRevs`).
+const MAX_REVISIONS_PER_READ: i64 = 1000;
 /// The watch ID etcd uses for responses that belong to no single watcher.
 const NO_WATCH_ID: i64 = -1;
 
@@ -225,80 +228,82 @@ impl Session {
         Ok(())
     }
 
-    /// Sends watcher `id` every event it has not seen, up to the published revision.
+    /// Sends watcher `id` every event it has not seen, up to the published
+    /// revision, at most [`MAX_REVISIONS_PER_READ`] revisions at a time and in
+    /// responses of about `max_request_bytes` each (split between revisions,
+    /// so clients with default message limits can read them).
     async fn catch_up(&mut self, id: i64) -> Result<(), Closed> {
-        let current = self.node.hub().revision();
-        let Some(watcher) = self.watchers.get(&id) else {
-            return Ok(());
-        };
-        if watcher.next > current {
-            return Ok(());
-        }
-        let store = self.node.store();
-        let events = self
-            .node
-            .hub()
-            .events(store, watcher.next, current)
-            .and_then(|events| {
-                events
-                    .into_iter()
-                    .filter(|event| watcher.wants(event))
-                    .map(|mut event| {
-                        if watcher.prev_kv
-                            && let Some(kv) = &event.kv
-                        {
-                            event.prev_kv = store.get(&kv.key, kv.mod_revision - 1)?;
+        loop {
+            let current = self.node.hub().revision();
+            let Some(watcher) = self.watchers.get(&id) else {
+                return Ok(());
+            };
+            if watcher.next > current {
+                return Ok(());
+            }
+            let to = current.min(watcher.next.saturating_add(MAX_REVISIONS_PER_READ - 1));
+            let events = match self.read_events(watcher, to) {
+                Ok(events) => events,
+                Err(error) => {
+                    self.watchers.remove(&id);
+                    metrics::gauge!("etcd_debugging_mvcc_watcher_total").decrement(1.0);
+                    let response = match error {
+                        Error::Compacted { compacted, .. } => WatchResponse {
+                            compact_revision: compacted,
+                            canceled: true,
+                            ..self.response(id)
+                        },
+                        error => {
+                            let cancel_reason = error.to_status().message().to_owned();
+                            WatchResponse {
+                                canceled: true,
+                                cancel_reason,
+                                ..self.response(id)
+                            }
                         }
-                        Ok(event)
-                    })
-                    .collect::<Result<Vec<_>, Error>>()
-            });
-        let events = match events {
-            Ok(events) => events,
-            Err(Error::Compacted { compacted, .. }) => {
-                self.watchers.remove(&id);
-                metrics::gauge!("etcd_debugging_mvcc_watcher_total").decrement(1.0);
+                    };
+                    return self.send(response).await;
+                }
+            };
+            let fragment = watcher.fragment;
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                watcher.next = to + 1;
+                watcher.sent_since_tick |= !events.is_empty();
+            }
+            let limit = self.node.config().max_request_bytes;
+            for part in split_between_revisions(events, limit) {
                 let response = WatchResponse {
-                    compact_revision: compacted,
-                    canceled: true,
+                    events: part,
                     ..self.response(id)
                 };
-                return self.send(response).await;
+                if fragment && response.encoded_len() > limit {
+                    for piece in fragments(response, limit) {
+                        self.send(piece).await?;
+                    }
+                } else {
+                    self.send(response).await?;
+                }
             }
-            Err(error) => {
-                self.watchers.remove(&id);
-                metrics::gauge!("etcd_debugging_mvcc_watcher_total").decrement(1.0);
-                let reason = error.to_status().message().to_owned();
-                return self
-                    .send(WatchResponse {
-                        canceled: true,
-                        cancel_reason: reason,
-                        ..self.response(id)
-                    })
-                    .await;
-            }
-        };
-        let fragment = watcher.fragment;
-        if let Some(watcher) = self.watchers.get_mut(&id) {
-            watcher.next = current + 1;
-            watcher.sent_since_tick |= !events.is_empty();
         }
-        if events.is_empty() {
-            return Ok(());
-        }
-        let response = WatchResponse {
-            events,
-            ..self.response(id)
-        };
-        let limit = self.node.config().max_request_bytes;
-        if fragment && response.encoded_len() > limit {
-            for part in fragments(response, limit) {
-                self.send(part).await?;
-            }
-            Ok(())
-        } else {
-            self.send(response).await
-        }
+    }
+
+    /// The events of `watcher.next..=to` it wants, with their previous
+    /// values if it asked for them.
+    fn read_events(&self, watcher: &Watcher, to: i64) -> Result<Vec<Event>, Error> {
+        let store = self.node.store();
+        let events = self.node.hub().events(store, watcher.next, to)?;
+        events
+            .into_iter()
+            .filter(|event| watcher.wants(event))
+            .map(|mut event| {
+                if watcher.prev_kv
+                    && let Some(kv) = &event.kv
+                {
+                    event.prev_kv = store.get(&kv.key, kv.mod_revision - 1)?;
+                }
+                Ok(event)
+            })
+            .collect()
     }
 
     /// Tells every synced watcher that asked for it, and that got no events
@@ -319,6 +324,29 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Groups events into responses of about `limit` bytes, never splitting the
+/// events of one revision (a txn's changes arrive together).
+fn split_between_revisions(events: Vec<Event>, limit: usize) -> Vec<Vec<Event>> {
+    let revision = |event: &Event| event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut parts: Vec<Vec<Event>> = Vec::new();
+    let mut size = 0;
+    for event in events {
+        let starts_revision = parts
+            .last()
+            .and_then(|p| p.last())
+            .is_none_or(|last| revision(last) != revision(&event));
+        if parts.is_empty() || (starts_revision && size >= limit) {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += event.encoded_len();
+        if let Some(part) = parts.last_mut() {
+            part.push(event);
+        }
+    }
+    parts
 }
 
 /// Splits a response whose events exceed `limit` bytes into several; every
@@ -348,4 +376,64 @@ fn fragments(response: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     }
     parts.push(current);
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use keelson_proto::mvccpb::KeyValue;
+
+    use super::*;
+
+    fn event(revision: i64, bytes: usize) -> Event {
+        let kv = KeyValue {
+            mod_revision: revision,
+            value: vec![0; bytes],
+            ..Default::default()
+        };
+        Event {
+            kv: Some(kv),
+            ..Default::default()
+        }
+    }
+
+    fn revisions(parts: &[Vec<Event>]) -> Vec<Vec<i64>> {
+        parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn responses_split_between_revisions_only() {
+        let events = vec![
+            event(2, 60),
+            event(3, 60),
+            event(3, 60),
+            event(4, 10),
+            event(5, 200),
+        ];
+        let parts = split_between_revisions(events, 100);
+        assert_eq!(revisions(&parts), [vec![2, 3, 3], vec![4, 5]]);
+        assert!(split_between_revisions(Vec::new(), 100).is_empty());
+    }
+
+    #[test]
+    fn fragments_mark_all_but_the_last_part() {
+        let response = WatchResponse {
+            watch_id: 7,
+            events: (2..6).map(|r| event(r, 50)).collect(),
+            ..Default::default()
+        };
+        let parts = fragments(response, 120);
+        assert_eq!(
+            parts.iter().map(|p| p.fragment).collect::<Vec<_>>(),
+            [true, false]
+        );
+        assert!(parts.iter().all(|p| p.watch_id == 7));
+        assert_eq!(parts.iter().map(|p| p.events.len()).sum::<usize>(), 4);
+    }
 }
