@@ -8,11 +8,10 @@ use keelson_proto::etcdserverpb::{
     PutRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient, watch_client::WatchClient,
     watch_request::RequestUnion,
 };
-use keelson_raftstore::node::MemberConfig;
-use keelson_raftstore::server::{Listeners, run};
-use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::Member;
 
 const VALUE_BYTES: usize = 64 * 1024;
 /// Enough data (64 MiB) to fill every buffer between the server and a client
@@ -21,39 +20,9 @@ const PUTS: usize = 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_blocks_no_writer_and_catches_up_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let config = MemberConfig {
-        data_dir: dir.path().to_path_buf(),
-        // Far fewer than the puts: the watcher must catch up from disk.
-        watch_buffer_events: 16,
-        ..MemberConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(run(
-        config,
-        Listeners {
-            client: listener,
-            metrics: None,
-        },
-        None,
-        shutdown.clone(),
-    ));
-    let url = format!("http://{address}");
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5));
-    let channel = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(channel) = channel.connect().await {
-                return channel;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("server came up");
+    // Far fewer buffered events than puts: the watcher must catch up from disk.
+    let member = Member::start(|config| config.watch_buffer_events = 16, None).await;
+    let channel = member.channel.clone();
 
     let (requests, outbound) = tokio::sync::mpsc::channel(1);
     let create = WatchCreateRequest {
@@ -121,6 +90,5 @@ async fn a_stalled_watcher_blocks_no_writer_and_catches_up_in_order() {
     }
 
     drop(requests);
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    member.stop().await;
 }
