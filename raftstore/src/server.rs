@@ -13,9 +13,9 @@ use axum::Router;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
 use crate::metrics::GrpcMetricsLayer;
 use crate::node::{MemberConfig, Node};
@@ -31,8 +31,8 @@ pub enum ServeError {
     Store(#[from] crate::Error),
     #[error("cannot serve gRPC")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("cannot serve metrics")]
-    Metrics(#[source] std::io::Error),
+    #[error("cannot use a listening socket")]
+    Listener(#[source] std::io::Error),
 }
 
 /// The sockets a member serves on, bound by the caller (port 0 in tests).
@@ -70,7 +70,7 @@ pub async fn run(
     }));
 
     if let Some(listener) = listeners.metrics {
-        tracing::info!(address = %listener.local_addr().map_err(ServeError::Metrics)?, "serving metrics");
+        tracing::info!(address = %listener.local_addr().map_err(ServeError::Listener)?, "serving metrics");
         let router = Router::new()
             .route(
                 "/metrics",
@@ -95,7 +95,10 @@ pub async fn run(
         });
     }
 
-    let address = listeners.client.local_addr().map_err(ServeError::Metrics)?;
+    let address = listeners
+        .client
+        .local_addr()
+        .map_err(ServeError::Listener)?;
     tracing::info!(%address, "serving client traffic");
     let routes = crate::service::routes(&node, &shutdown);
     let served = tonic::transport::Server::builder()
@@ -103,7 +106,8 @@ pub async fn run(
         .layer(GrpcMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.client),
+            // Small responses must not wait for Nagle's algorithm.
+            TcpIncoming::from(listeners.client).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         )
         .await;
