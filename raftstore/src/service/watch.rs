@@ -170,11 +170,12 @@ impl Session {
             }
             self.next_id
         };
+        // etcd answers a refused create with watch ID -1.
         let refuse = |reason: &str| WatchResponse {
             created: true,
             canceled: true,
             cancel_reason: reason.into(),
-            ..self.response(id)
+            ..self.response(NO_WATCH_ID)
         };
         if self.watchers.contains_key(&id) {
             return self
