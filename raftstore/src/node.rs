@@ -23,6 +23,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::hub::WatchHub;
@@ -98,8 +99,12 @@ const META_MEMBER: &str = "member";
 
 impl Node {
     /// Opens the member's store and starts its applier thread. The thread
-    /// stops once the returned node (and every clone of its proposal channel) is dropped.
-    pub fn start(config: MemberConfig) -> Result<(Arc<Self>, std::thread::JoinHandle<()>)> {
+    /// stops once the returned node is dropped, or when storage fails: then it
+    /// cancels `failed` and returns the error.
+    pub fn start(
+        config: MemberConfig,
+        failed: CancellationToken,
+    ) -> Result<(Arc<Self>, std::thread::JoinHandle<Result<()>>)> {
         let store = Arc::new(MvccStore::open(
             &config.data_dir.join("store"),
             config.store.clone(),
@@ -118,7 +123,13 @@ impl Node {
             let (store, hub, lessor) = (store.clone(), hub.clone(), lessor.clone());
             std::thread::Builder::new()
                 .name("keelson-applier".into())
-                .spawn(move || apply_loop(queue, &store, &hub, &lessor))
+                .spawn(move || {
+                    let outcome = apply_loop(queue, &store, &hub, &lessor);
+                    if outcome.is_err() {
+                        failed.cancel();
+                    }
+                    outcome
+                })
                 .map_err(|source| Error::Thread { source })?
         };
         let ids = IdGenerator::new(identity.member_id);
@@ -286,7 +297,7 @@ fn apply_loop(
     store: &MvccStore,
     hub: &WatchHub,
     lessor: &Mutex<Lessor>,
-) {
+) -> Result<()> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -332,10 +343,11 @@ fn apply_loop(
                 for proposal in batch.drain(..) {
                     let _ = proposal.reply.send(Err(Error::Stopped));
                 }
-                return;
+                return Err(error);
             }
         }
     }
+    Ok(())
 }
 
 /// The first eight bytes of a SHA-256 over `parts`.

@@ -5,7 +5,8 @@
 //! (lease expiry, gauges) → metrics and health endpoint → gRPC. Shutdown runs
 //! in reverse: gRPC stops accepting and watch streams end, the background
 //! tasks stop, and the applier finishes what it holds once the last handle
-//! to the node is gone.
+//! to the node is gone. A storage failure in the applier triggers the same
+//! shutdown, and `run` returns that error.
 
 use std::time::Duration;
 
@@ -27,8 +28,10 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Errors that stop a member.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the store")]
+    #[error("the store failed")]
     Store(#[from] crate::Error),
+    #[error("the store's applier thread panicked")]
+    ApplierPanicked,
     #[error("cannot serve gRPC")]
     Grpc(#[from] tonic::transport::Error),
     #[error("cannot use a listening socket")]
@@ -51,7 +54,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     crate::metrics::describe();
-    let (node, applier) = Node::start(config)?;
+    let (node, applier) = Node::start(config, shutdown.clone())?;
     let tasks = TaskTracker::new();
 
     tasks.spawn(every(LEASE_EXPIRY_CHECK, shutdown.clone(), {
@@ -116,9 +119,14 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     drop(node);
-    let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+    let applied = tokio::task::spawn_blocking(move || applier.join()).await;
     tracing::info!("member stopped");
-    served.map_err(ServeError::from)
+    served?;
+    match applied {
+        Ok(Ok(outcome)) => outcome.map_err(ServeError::Store),
+        // The applier panicked (or its join did): the store's state is unknown.
+        Ok(Err(_)) | Err(_) => Err(ServeError::ApplierPanicked),
+    }
 }
 
 /// etcd's `/health` answer; a lone member is healthy while it serves.
