@@ -128,6 +128,9 @@ pub struct KeyRange<'a> {
     pub end: &'a [u8],
 }
 
+/// The bounds of a non-empty [`KeyRange`] in a `BTreeMap` of keys.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 impl<'a> KeyRange<'a> {
     pub fn new(key: &'a [u8], end: &'a [u8]) -> Self {
         Self { key, end }
@@ -145,12 +148,21 @@ impl<'a> KeyRange<'a> {
         }
     }
 
-    fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
-        match self.end {
+    /// Whether the range selects no key at all (`range_end` at or before `key`).
+    pub fn is_empty(&self) -> bool {
+        !matches!(self.end, [] | [0]) && self.key >= self.end
+    }
+
+    /// BTreeMap bounds; `None` for an empty range, which a BTreeMap refuses.
+    fn bounds(&self) -> Option<KeyBounds<'a>> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(match self.end {
             [] => (Bound::Included(self.key), Bound::Included(self.key)),
             [0] => (Bound::Included(self.key), Bound::Unbounded),
             end => (Bound::Included(self.key), Bound::Excluded(end)),
-        }
+        })
     }
 }
 
@@ -227,7 +239,8 @@ impl KeyIndex {
         at: i64,
         mut visit: impl FnMut(&[u8], IndexEntry) -> bool,
     ) {
-        for (key, history) in self.keys.range::<[u8], _>(range.bounds()) {
+        let Some(bounds) = range.bounds() else { return };
+        for (key, history) in self.keys.range::<[u8], _>(bounds) {
             if let Some(entry) = history.entry_at(at)
                 && !visit(key, entry)
             {
@@ -339,6 +352,10 @@ mod tests {
         assert!(KeyRange::new(b"b", b"c").contains(b"b1"));
         assert!(!KeyRange::new(b"b", b"c").contains(b"c"));
         assert!(KeyRange::new(b"b", b"\0").contains(b"zz"));
+        // A range ending at or before its start selects nothing (etcd answers it, empty).
+        assert!(keys(KeyRange::new(b"b", b"a")).is_empty());
+        assert!(keys(KeyRange::new(b"b", b"b")).is_empty());
+        assert!(!KeyRange::new(b"b", b"a").contains(b"b"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Stream {
         let responses = WatchClient::new(member.channel.clone())
             .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
             .await
-            .unwrap()
+            .expect("the watch stream opens")
             .into_inner();
         Stream {
             requests,
@@ -36,14 +36,14 @@ impl Stream {
         let request = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(create)),
         };
-        self.requests.send(request).await.unwrap();
+        self.requests.send(request).await.expect("the stream takes requests");
     }
 
     async fn next(&mut self) -> WatchResponse {
         tokio::time::timeout(Duration::from_secs(10), self.responses.message())
             .await
             .expect("a response within the deadline")
-            .unwrap()
+            .expect("no stream error")
             .expect("the stream is open")
     }
 }

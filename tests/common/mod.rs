@@ -10,13 +10,18 @@
 //! long-lived `etcdctl` (`watch`, `lease keep-alive`) whose stdout lines are
 //! read with a deadline. [`Json`] is a minimal JSON reader for `-w json`
 //! output, so that the tests need no JSON dependency.
+//!
+//! [`Server::client`] connects an `etcd-client` instead, for tests written
+//! against the Rust client, and [`Server::kill`] followed by
+//! [`Server::restart`] crashes the server and brings it back on the same data
+//! directory and ports.
 
 use std::env;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::ops::Index;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +40,10 @@ const LINE_DEADLINE: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Timeout of each `etcdctl` request.
 const COMMAND_TIMEOUT: &str = "--command-timeout=5s";
+/// How long an `etcd-client` request may take before it fails.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `etcd-client` may take to connect.
+const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Keelson binary under test.
 fn keelson_bin() -> PathBuf {
@@ -138,13 +147,46 @@ pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The command that runs Keelson on `data_dir`, serving clients on `client_url`.
+fn keelson_command(data_dir: &Path, client_url: &str) -> Command {
+    let mut command = Command::new(keelson_bin());
+    command
+        .args(["server", "--name", "default", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-metrics-urls", "http://127.0.0.1:0"])
+        .args(["--experimental-watch-progress-notify-interval", "1s"]);
+    command
+}
+
+/// Launches `command` with its stderr recorded in `log` and forwarded line by
+/// line to the returned receiver.
+fn launch(command: &mut Command, log: &Captured) -> (Child, Receiver<String>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {command:?}: {err}"));
+    let (tx, lines) = mpsc::channel();
+    pump_lines(
+        child.stderr.take().expect("piped stderr"),
+        log.clone(),
+        Some(tx),
+    );
+    (child, lines)
+}
+
 /// A running single-member server, killed and reaped on drop.
 pub(crate) struct Server {
     target: Target,
+    /// Launches the server again on the same data directory and ports.
+    command: Command,
     child: Child,
     endpoint: String,
     log: Captured,
-    _data_dir: TempDir,
+    data_dir: TempDir,
 }
 
 impl Server {
@@ -158,31 +200,32 @@ impl Server {
     }
 
     fn start_keelson(data_dir: TempDir) -> Server {
-        let mut command = Command::new(keelson_bin());
-        command
-            .args(["server", "--name", "default", "--data-dir"])
-            .arg(data_dir.path())
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
-            .args(["--advertise-client-urls", "http://127.0.0.1:0"])
-            .args(["--listen-metrics-urls", "http://127.0.0.1:0"])
-            .args(["--experimental-watch-progress-notify-interval", "1s"]);
+        let command = keelson_command(data_dir.path(), "http://127.0.0.1:0");
         let (mut server, lines) = Server::spawn(Target::Keelson, command, data_dir);
+        server.endpoint = server.await_keelson(&lines);
+        // A restart must come back on the port that was picked now.
+        let client_url = format!("http://{}", server.endpoint);
+        server.command = keelson_command(server.data_dir.path(), &client_url);
+        server
+    }
 
+    /// Waits until Keelson logs its client and metrics addresses; returns the
+    /// client address.
+    fn await_keelson(&mut self, lines: &Receiver<String>) -> String {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let (mut client, mut metrics) = (None, None);
         while client.is_none() || metrics.is_none() {
-            let Some(line) = recv_before(&lines, deadline) else {
+            let Some(line) = recv_before(lines, deadline) else {
                 panic!(
                     "keelson did not log its client and metrics addresses \
                      (deadline {STARTUP_DEADLINE:?}, exit status {:?})",
-                    server.child.try_wait()
+                    self.child.try_wait()
                 );
             };
             client = client.or_else(|| logged_address(&line, "serving client traffic"));
             metrics = metrics.or_else(|| logged_address(&line, "serving metrics"));
         }
-        server.endpoint = client.expect("client address");
-        server
+        client.expect("client address")
     }
 
     fn start_etcd(etcd: PathBuf, data_dir: TempDir) -> Server {
@@ -201,9 +244,14 @@ impl Server {
             .args(["--experimental-watch-progress-notify-interval", "1s"]);
         let (mut server, _lines) = Server::spawn(Target::Etcd, command, data_dir);
         server.endpoint = format!("127.0.0.1:{client_port}");
+        server.await_etcd();
+        server
+    }
 
+    /// Waits until etcd reports itself healthy.
+    fn await_etcd(&mut self) {
         wait_until(STARTUP_DEADLINE, "etcd to report healthy", || {
-            let exited = server.child.try_wait().expect("poll etcd");
+            let exited = self.child.try_wait().expect("poll etcd");
             assert!(exited.is_none(), "etcd exited during startup: {exited:?}");
             let health = [
                 "endpoint",
@@ -211,9 +259,8 @@ impl Server {
                 "--dial-timeout=1s",
                 "--command-timeout=1s",
             ];
-            server.etcdctl(&health).status.success()
+            self.etcdctl(&health).status.success()
         });
-        server
     }
 
     /// Spawns the server with its stderr captured and forwarded line by line.
@@ -222,25 +269,15 @@ impl Server {
         mut command: Command,
         data_dir: TempDir,
     ) -> (Server, Receiver<String>) {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {command:?}: {err}"));
         let log = Captured::default();
-        let (tx, lines) = mpsc::channel();
-        pump_lines(
-            child.stderr.take().expect("piped stderr"),
-            log.clone(),
-            Some(tx),
-        );
+        let (child, lines) = launch(&mut command, &log);
         let server = Server {
             target,
+            command,
             child,
             endpoint: String::new(),
             log,
-            _data_dir: data_dir,
+            data_dir,
         };
         (server, lines)
     }
@@ -341,6 +378,52 @@ impl Server {
             stdout,
             stderr,
             stderr_pump: Some(stderr_pump),
+        }
+    }
+}
+
+/// Not every test crate crashes servers or uses `etcd-client`.
+#[allow(dead_code, reason = "each test crate uses a part of the harness")]
+impl Server {
+    /// Connects an `etcd-client` to the server. Each request fails after
+    /// [`CLIENT_REQUEST_TIMEOUT`] rather than hanging on a dead server.
+    pub(crate) async fn client(&self) -> etcd_client::Client {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(CLIENT_CONNECT_TIMEOUT)
+            .with_timeout(CLIENT_REQUEST_TIMEOUT);
+        etcd_client::Client::connect([self.endpoint()], Some(options))
+            .await
+            .unwrap_or_else(|err| panic!("connect etcd-client to {}: {err}", self.endpoint))
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it. Its data
+    /// directory stays for [`Server::restart`].
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        let status = self.child.wait().expect("reap the server");
+        self.log.push(&format!("----- killed: {status} -----"));
+    }
+
+    /// Starts the server again after [`Server::kill`], on the same data
+    /// directory and ports, and waits until it serves clients.
+    pub(crate) fn restart(&mut self) {
+        let exited = self.child.try_wait().expect("poll the server");
+        assert!(
+            exited.is_some(),
+            "restart() needs a stopped server: call kill() first"
+        );
+        self.log.push("----- restarting -----");
+        let (child, lines) = launch(&mut self.command, &self.log);
+        self.child = child;
+        match self.target {
+            Target::Keelson => {
+                let client = self.await_keelson(&lines);
+                assert_eq!(
+                    client, self.endpoint,
+                    "keelson came back on another address"
+                );
+            }
+            Target::Etcd => self.await_etcd(),
         }
     }
 }

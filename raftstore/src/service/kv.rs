@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use keelson_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    kv_server::Kv, response_op::Response as OpResponse,
 };
 use keelson_proto::keelsonpb::command::Op;
 use tonic::{Request, Response, Status};
@@ -84,6 +85,7 @@ impl Kv for KvService {
             }
         };
         let (mut response, revision) = propose(&self.node, Op::Txn(request), pick).await?;
+        label_txn_responses(&mut response, revision);
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
     }
@@ -106,5 +108,29 @@ impl Kv for KvService {
             propose(&self.node, Op::Compaction(request.into_inner()), pick).await?;
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
+    }
+}
+
+/// Gives the responses inside a txn the headers etcd gives them: each range,
+/// put and delete response carries only the txn's revision, a nested txn
+/// response an empty header.
+fn label_txn_responses(txn: &mut TxnResponse, revision: i64) {
+    let only_revision = || {
+        Some(ResponseHeader {
+            revision,
+            ..ResponseHeader::default()
+        })
+    };
+    for op in &mut txn.responses {
+        match &mut op.response {
+            Some(OpResponse::ResponseRange(r)) => r.header = only_revision(),
+            Some(OpResponse::ResponsePut(r)) => r.header = only_revision(),
+            Some(OpResponse::ResponseDeleteRange(r)) => r.header = only_revision(),
+            Some(OpResponse::ResponseTxn(nested)) => {
+                label_txn_responses(nested, revision);
+                nested.header = Some(ResponseHeader::default());
+            }
+            None => {}
+        }
     }
 }

@@ -184,10 +184,7 @@ impl Session {
                 ))
                 .await;
         }
-        let empty_range = !create.range_end.is_empty()
-            && create.range_end != [0]
-            && create.key.as_slice() >= create.range_end.as_slice();
-        if empty_range {
+        if KeyRange::new(&create.key, &create.range_end).is_empty() {
             return self.send(refuse("mvcc: watcher range is empty")).await;
         }
         let filters: Vec<_> = create
@@ -250,6 +247,8 @@ impl Session {
                     metrics::gauge!("etcd_debugging_mvcc_watcher_total").decrement(1.0);
                     let response = match error {
                         Error::Compacted { compacted, .. } => WatchResponse {
+                            // etcd's header on this response carries no revision.
+                            header: Some(self.node.header(0)),
                             compact_revision: compacted,
                             canceled: true,
                             ..self.response(id)
