@@ -169,18 +169,7 @@ impl<'a> KeyRange<'a> {
 impl KeyIndex {
     /// Records a put of `key` at `rev` with `lease` attached.
     pub fn put(&mut self, key: &[u8], rev: Revision, lease: i64) {
-        let history = self
-            .keys
-            .entry(key.to_vec())
-            .or_insert_with(KeyHistory::new);
-        let generation = history.current();
-        if generation.revs.is_empty() {
-            generation.created = rev;
-            generation.version = 0;
-        }
-        generation.revs.push(rev);
-        generation.version += 1;
-        history.lease = lease;
+        self.push_put(key, rev, lease, None);
     }
 
     /// Rebuilds a key's history from a stored put record; unlike [`put`],
@@ -196,16 +185,29 @@ impl KeyIndex {
         version: i64,
         lease: i64,
     ) {
+        self.push_put(key, rev, lease, Some((Revision::new(created, 0), version)));
+    }
+
+    /// Appends a put; `recorded` is the (creation, version) a stored record
+    /// says it has, `None` to derive them from the history.
+    fn push_put(
+        &mut self,
+        key: &[u8],
+        rev: Revision,
+        lease: i64,
+        recorded: Option<(Revision, i64)>,
+    ) {
         let history = self
             .keys
             .entry(key.to_vec())
             .or_insert_with(KeyHistory::new);
         let generation = history.current();
         if generation.revs.is_empty() {
-            generation.created = Revision::new(created, 0);
+            generation.created = recorded.map_or(rev, |(created, _)| created);
+            generation.version = 0;
         }
         generation.revs.push(rev);
-        generation.version = version;
+        generation.version = recorded.map_or(generation.version + 1, |(_, version)| version);
         history.lease = lease;
     }
 

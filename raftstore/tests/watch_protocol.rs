@@ -36,7 +36,10 @@ impl Stream {
         let request = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(create)),
         };
-        self.requests.send(request).await.expect("the stream takes requests");
+        self.requests
+            .send(request)
+            .await
+            .expect("the stream takes requests");
     }
 
     async fn next(&mut self) -> WatchResponse {
