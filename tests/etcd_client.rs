@@ -1444,9 +1444,6 @@ async fn request_over_max_request_bytes_is_too_large() {
 /// A message larger than the gRPC limit (`--max-request-bytes` plus 512 KiB
 /// of allowance: 2 MiB by default) is refused by gRPC before the server sees it.
 #[tokio::test]
-#[ignore = "keelson differs: a 2 MiB put fails with OutOfRange \"Error, decoded message length \
-            too large: found 2097162 bytes, the limit is: 2097152 bytes\" instead of etcd's \
-            ResourceExhausted \"grpc: received message larger than max (2097162 vs. 2097152)\""]
 async fn message_over_grpc_limit_is_resource_exhausted() {
     let server = Server::start();
     let mut client = server.client().await;

@@ -8,6 +8,7 @@ mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+mod oversize;
 mod watch;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tonic::Status;
 use tonic::service::Routes;
 
 pub use self::maintenance::ETCD_VERSION;
+pub use self::oversize::OversizeLayer;
 use crate::node::Node;
 use crate::store::CommandResponse;
 
