@@ -55,6 +55,8 @@ pub enum Error {
     Storage(#[from] rocksdb::Error),
     #[error("corrupt record at revision {rev}: {reason}")]
     CorruptRecord { rev: Revision, reason: &'static str },
+    #[error("corrupt snapshot: {reason}")]
+    CorruptSnapshot { reason: &'static str },
     #[error("corrupt metadata {key:?}: {reason}")]
     CorruptMeta {
         key: &'static str,
@@ -119,6 +121,7 @@ impl Error {
             Error::Storage(_)
             | Error::CorruptRecord { .. }
             | Error::CorruptMeta { .. }
+            | Error::CorruptSnapshot { .. }
             | Error::MalformedCommand { .. }
             | Error::Thread { .. }
             | Error::WrongMember { .. } => {

@@ -16,8 +16,8 @@
 use rocksdb::{Direction, IteratorMode};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, COLUMN_FAMILIES};
-use crate::error::Result;
+use crate::backend::{Backend, CF_META, COLUMN_FAMILIES};
+use crate::error::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"KEELSNAP";
 pub const FORMAT: u32 = 1;
@@ -28,12 +28,20 @@ pub const CHECKSUM_BYTES: usize = 32;
 /// Streams a snapshot of `backend` in chunks of about `chunk_size` bytes.
 /// The data is read twice from one RocksDB snapshot: once to learn the total
 /// size (so each chunk can say how much is left), once to send it.
+///
+/// Returns the size, and the values of `meta_keys` in the `meta` family as of
+/// the same RocksDB snapshot (so a caller can describe exactly what it sent).
 pub(crate) fn stream(
     backend: &Backend,
     chunk_size: usize,
+    meta_keys: &[&str],
     emit: &mut dyn FnMut(Vec<u8>, u64) -> Result<()>,
-) -> Result<u64> {
+) -> Result<(u64, Vec<Option<Vec<u8>>>)> {
     let snapshot = backend.snapshot();
+    let meta = meta_keys
+        .iter()
+        .map(|key| snapshot.get_cf(backend.cf(CF_META), key.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
     let visit = |sink: &mut dyn FnMut(&[u8]) -> Result<()>| -> Result<u64> {
         let written = std::cell::Cell::new(0u64);
         let mut sink = |bytes: &[u8]| {
@@ -84,7 +92,53 @@ pub(crate) fn stream(
     })?;
     chunk.extend_from_slice(&hasher.finalize());
     flush(&mut chunk, &mut sent)?;
-    Ok(total)
+    Ok((total, meta))
+}
+
+/// One snapshot entry: column family, key, value.
+pub(crate) type Entry<'a> = (&'static str, &'a [u8], &'a [u8]);
+
+/// The entries of a complete snapshot, as (column family, key, value), after
+/// checking its header, framing and checksum.
+pub(crate) fn parse(snapshot: &[u8]) -> Result<Vec<Entry<'_>>> {
+    let corrupt = |reason| Error::CorruptSnapshot { reason };
+    if !verify(snapshot) {
+        return Err(corrupt("checksum mismatch or truncated"));
+    }
+    let body = &snapshot[..snapshot.len() - CHECKSUM_BYTES];
+    let mut rest = body.get(MAGIC.len()..).ok_or(corrupt("no header"))?;
+    let format = take(&mut rest, 4).ok_or(corrupt("no format"))?;
+    if format != FORMAT.to_be_bytes() {
+        return Err(corrupt("unknown format"));
+    }
+    let mut entries = Vec::new();
+    loop {
+        let tag = take(&mut rest, 1).ok_or(corrupt("no end marker"))?[0];
+        if tag == END {
+            break;
+        }
+        let family = COLUMN_FAMILIES
+            .get(usize::from(tag))
+            .ok_or(corrupt("unknown column family"))?;
+        let key = take_framed(&mut rest).ok_or(corrupt("truncated key"))?;
+        let value = take_framed(&mut rest).ok_or(corrupt("truncated value"))?;
+        entries.push((*family, key, value));
+    }
+    if rest.iter().any(|b| *b != 0) {
+        return Err(corrupt("data after the end marker"));
+    }
+    Ok(entries)
+}
+
+fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, tail) = rest.split_at_checked(n)?;
+    *rest = tail;
+    Some(head)
+}
+
+fn take_framed<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_be_bytes(take(rest, 4)?.try_into().ok()?);
+    take(rest, usize::try_from(len).ok()?)
 }
 
 /// Checks a complete snapshot's trailer; `true` if its SHA-256 matches.

@@ -73,10 +73,24 @@ impl MvccStore {
     /// A command's own failure (etcd's request errors) is its response; an
     /// `Err` here means storage failed and the member must stop.
     pub fn apply(&self, commands: &[(u64, Command)]) -> Result<ApplyOutput> {
-        let mut output = ApplyOutput::default();
         let Some(&(last_index, _)) = commands.last() else {
-            return Ok(output);
+            return Ok(ApplyOutput::default());
         };
+        self.apply_logged(commands, last_index, &[])
+    }
+
+    /// Like [`MvccStore::apply`], for a replicated log: `applied_index` is the
+    /// last log entry this batch covers (entries without a command, such as
+    /// membership changes, advance it too), and `meta` is written in the
+    /// same batch (the log's own bookkeeping: last applied log ID, membership).
+    pub fn apply_logged(
+        &self,
+        commands: &[(u64, Command)],
+        applied_index: u64,
+        meta: &[(&'static str, Vec<u8>)],
+    ) -> Result<ApplyOutput> {
+        let mut output = ApplyOutput::default();
+        let last_index = applied_index;
         let mut batch = WriteBatch::default();
         let revision = {
             let mut state = self.write();
@@ -110,6 +124,9 @@ impl MvccStore {
             batch.put_cf(cf, META_APPLIED_INDEX, (last_index as i64).to_be_bytes());
             if state.compacted != compacted {
                 batch.put_cf(cf, META_COMPACTED, state.compacted.to_be_bytes());
+            }
+            for (key, value) in meta {
+                batch.put_cf(cf, key, value);
             }
             state.revision
         };

@@ -92,70 +92,37 @@ impl MvccStore {
     /// from what is on disk.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self> {
         let backend = Backend::open(dir)?;
-        let revision = backend.meta_i64(META_REVISION)?.unwrap_or(1);
-        let compacted = backend.meta_i64(META_COMPACTED)?.unwrap_or(0);
-        let applied_index = backend.meta_i64(META_APPLIED_INDEX)?.unwrap_or(0) as u64;
-
-        let mut index = KeyIndex::default();
-        backend.scan(CF_KV, &[], |key, value| {
-            let rev = Revision::from_bytes(key).ok_or(Error::CorruptRecord {
-                rev: Revision::default(),
-                reason: "bad revision key",
-            })?;
-            match Record::decode(rev, value)? {
-                Record::Put(kv) => {
-                    index.restore_put(&kv.key, rev, kv.create_revision, kv.version, kv.lease)
-                }
-                Record::Tombstone(kv) => {
-                    index.tombstone(&kv.key, rev);
-                }
-            }
-            Ok(true)
-        })?;
-
-        let mut leases = BTreeMap::new();
-        backend.scan(CF_LEASE, &[], |_, value| {
-            let record = LeaseRecord::decode(value).map_err(|_| Error::CorruptMeta {
-                key: "lease",
-                reason: "undecodable LeaseRecord",
-            })?;
-            leases.insert(
-                record.id,
-                LeaseInfo {
-                    ttl: record.ttl,
-                    keys: BTreeSet::new(),
-                },
-            );
-            Ok(true)
-        })?;
-        for (key, _) in index.live_keys(crate::index::KeyRange::new(b"\0", b"\0")) {
-            if let Some(lease) = index.lease_of(&key).filter(|l| *l != 0)
-                && let Some(info) = leases.get_mut(&lease)
-            {
-                info.keys.insert(key);
-            }
-        }
-
-        tracing::info!(
-            revision,
-            compacted,
-            applied_index,
-            keys = index.len(),
-            leases = leases.len(),
-            "store opened"
-        );
+        let (state, applied_index) = load(&backend)?;
+        let revision = state.revision;
         Ok(Self {
             backend,
-            state: RwLock::new(State {
-                index,
-                revision,
-                compacted,
-                leases,
-            }),
+            state: RwLock::new(state),
             published: AtomicI64::new(revision),
             applied_index: AtomicU64::new(applied_index),
             config,
         })
+    }
+
+    /// Replaces the whole store with the content of `snapshot` (as written
+    /// by [`MvccStore::snapshot`]), durably, and returns its revision.
+    /// Watchers must be told that history before that revision may be gone.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<i64> {
+        let entries = crate::snapshot::parse(snapshot)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for name in crate::backend::COLUMN_FAMILIES {
+            // Every key the store writes sorts below 32 bytes of 0xFF.
+            batch.delete_range_cf(self.backend.cf(name), [].as_slice(), [0xFF; 32].as_slice());
+        }
+        for (family, key, value) in entries {
+            batch.put_cf(self.backend.cf(family), key, value);
+        }
+        let mut state = self.write();
+        self.backend.commit(batch)?;
+        let (loaded, applied_index) = load(&self.backend)?;
+        *state = loaded;
+        self.applied_index.store(applied_index, Ordering::Release);
+        self.published.store(state.revision, Ordering::Release);
+        Ok(state.revision)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -340,6 +307,82 @@ impl MvccStore {
         chunk_size: usize,
         emit: &mut dyn FnMut(Vec<u8>, u64) -> Result<()>,
     ) -> Result<u64> {
-        crate::snapshot::stream(&self.backend, chunk_size, emit)
+        Ok(crate::snapshot::stream(&self.backend, chunk_size, &[], emit)?.0)
     }
+
+    /// [`MvccStore::snapshot`], also returning the `meta` values of
+    /// `meta_keys` as of the snapshot (for a log: what it covers).
+    pub fn snapshot_with_meta(
+        &self,
+        chunk_size: usize,
+        meta_keys: &[&str],
+        emit: &mut dyn FnMut(Vec<u8>, u64) -> Result<()>,
+    ) -> Result<(u64, Vec<Option<Vec<u8>>>)> {
+        crate::snapshot::stream(&self.backend, chunk_size, meta_keys, emit)
+    }
+}
+
+/// Rebuilds the in-memory state (index, leases, revisions) from disk.
+fn load(backend: &Backend) -> Result<(State, u64)> {
+    let revision = backend.meta_i64(META_REVISION)?.unwrap_or(1);
+    let compacted = backend.meta_i64(META_COMPACTED)?.unwrap_or(0);
+    let applied_index = backend.meta_i64(META_APPLIED_INDEX)?.unwrap_or(0) as u64;
+
+    let mut index = KeyIndex::default();
+    backend.scan(CF_KV, &[], |key, value| {
+        let rev = Revision::from_bytes(key).ok_or(Error::CorruptRecord {
+            rev: Revision::default(),
+            reason: "bad revision key",
+        })?;
+        match Record::decode(rev, value)? {
+            Record::Put(kv) => {
+                index.restore_put(&kv.key, rev, kv.create_revision, kv.version, kv.lease)
+            }
+            Record::Tombstone(kv) => {
+                index.tombstone(&kv.key, rev);
+            }
+        }
+        Ok(true)
+    })?;
+
+    let mut leases = BTreeMap::new();
+    backend.scan(CF_LEASE, &[], |_, value| {
+        let record = LeaseRecord::decode(value).map_err(|_| Error::CorruptMeta {
+            key: "lease",
+            reason: "undecodable LeaseRecord",
+        })?;
+        leases.insert(
+            record.id,
+            LeaseInfo {
+                ttl: record.ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+        Ok(true)
+    })?;
+    for (key, _) in index.live_keys(crate::index::KeyRange::new(b"", b"\0")) {
+        if let Some(lease) = index.lease_of(&key).filter(|l| *l != 0)
+            && let Some(info) = leases.get_mut(&lease)
+        {
+            info.keys.insert(key);
+        }
+    }
+
+    tracing::info!(
+        revision,
+        compacted,
+        applied_index,
+        keys = index.len(),
+        leases = leases.len(),
+        "store opened"
+    );
+    Ok((
+        State {
+            index,
+            revision,
+            compacted,
+            leases,
+        },
+        applied_index,
+    ))
 }

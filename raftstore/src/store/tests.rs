@@ -389,3 +389,60 @@ fn snapshots_are_checksummed_and_aligned_like_etcds() {
     bytes[20] ^= 1;
     assert!(!crate::snapshot::verify(&bytes));
 }
+
+#[test]
+fn a_restored_snapshot_is_the_same_store() {
+    let mut source = Fixture::new();
+    source
+        .apply(Op::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 9 }))
+        .unwrap();
+    source
+        .apply(Op::Put(PutRequest {
+            key: b"leased".to_vec(),
+            lease: 9,
+            ..Default::default()
+        }))
+        .unwrap();
+    for i in 0..50 {
+        source.put(&format!("k{}", i % 7), &i.to_string());
+    }
+    source
+        .apply(Op::Compaction(CompactionRequest {
+            revision: 20,
+            physical: true,
+        }))
+        .unwrap();
+    let mut bytes = Vec::new();
+    source
+        .store
+        .snapshot(4096, &mut |chunk, _| {
+            bytes.extend(chunk);
+            Ok(())
+        })
+        .unwrap();
+
+    let mut target = Fixture::new();
+    target.put("stale", "gone after the restore");
+    assert_eq!(
+        target.store.restore(&bytes).unwrap(),
+        source.store.revision()
+    );
+    let same_as_source = |f: &Fixture| {
+        assert_eq!(f.store.hash(0).unwrap(), source.store.hash(0).unwrap());
+        assert_eq!(f.store.compacted_revision(), 20);
+        assert!(f.get("stale", 0).unwrap().is_empty());
+        assert_eq!(f.store.lease(9).unwrap().keys.len(), 1);
+    };
+    same_as_source(&target);
+    let mut target = target.reopen();
+    same_as_source(&target);
+    target.put("after", "restore");
+    assert_eq!(target.store.revision(), source.store.revision() + 1);
+
+    let mut damaged = bytes.clone();
+    damaged.truncate(bytes.len() - 1);
+    assert!(matches!(
+        target.store.restore(&damaged),
+        Err(Error::CorruptSnapshot { .. })
+    ));
+}
