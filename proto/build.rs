@@ -7,6 +7,7 @@ const FILES: &[&str] = &[
     "mvccpb/kv.proto",
     "etcdserverpb/rpc.proto",
     "keelsonpb/command.proto",
+    "keelsonpb/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

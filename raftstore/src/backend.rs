@@ -5,6 +5,8 @@
 //! | `kv`          | revision (16 bytes, BE)     | record: format byte, kind byte, `KeyValue` |
 //! | `lease`       | lease id (8 bytes, BE)      | `LeaseRecord`                          |
 //! | `meta`        | name (ASCII)                | per name (revision, applied index, …)  |
+//! | `raft_log`    | log index (8 bytes, BE)     | format byte, `keelsonpb.Entry`         |
+//! | `raft_meta`   | name (ASCII)                | vote, committed and last purged log IDs |
 //!
 //! Every write is one [`WriteBatch`]: the data, the store revision and the
 //! applied log index change together, and the batch is synced to the WAL
@@ -23,7 +25,15 @@ use crate::error::{Error, Result};
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_LEASE: &str = "lease";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_RAFT_LOG: &str = "raft_log";
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+/// The families that hold the store's state; a snapshot copies exactly these.
 pub(crate) const COLUMN_FAMILIES: [&str; 3] = [CF_KV, CF_LEASE, CF_META];
+/// Every family, the Raft log's included (one database, one WAL).
+const ALL_FAMILIES: [&str; 5] = [CF_KV, CF_LEASE, CF_META, CF_RAFT_LOG, CF_RAFT_META];
+
+/// A key and its value, as RocksDB iterators return them.
+pub(crate) type KeyValuePair = (Box<[u8]>, Box<[u8]>);
 
 /// The RocksDB database behind one member's store.
 pub(crate) struct Backend {
@@ -48,7 +58,7 @@ impl Backend {
         options.set_max_background_jobs(2);
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        let families = COLUMN_FAMILIES.iter().map(|name| {
+        let families = ALL_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, cf)
@@ -118,7 +128,7 @@ impl Backend {
     }
 
     fn sum_property(&self, name: &str) -> u64 {
-        COLUMN_FAMILIES
+        ALL_FAMILIES
             .iter()
             .filter_map(|cf| {
                 self.db
@@ -135,6 +145,15 @@ impl Backend {
             self.db
                 .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
         }
+    }
+
+    /// The last entry of `cf` in key order.
+    pub(crate) fn last(&self, cf: &'static str) -> Result<Option<KeyValuePair>> {
+        Ok(self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::End)
+            .next()
+            .transpose()?)
     }
 
     /// Reads a big-endian `i64` meta value; `None` when absent.

@@ -77,6 +77,17 @@ impl WatchHub {
         self.revision.send_replace(revision);
     }
 
+    /// Forgets the buffered events after the store was replaced (a snapshot
+    /// was installed) at `revision`: watchers read older history from disk.
+    pub fn reset(&self, revision: i64) {
+        {
+            let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+            recent.events.clear();
+            recent.complete_from = revision + 1;
+        }
+        self.revision.send_replace(revision);
+    }
+
     /// A receiver that changes whenever a new revision is published.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()

@@ -24,6 +24,7 @@ pub mod index;
 pub mod lessor;
 pub mod metrics;
 pub mod node;
+pub mod raft;
 pub mod revision;
 pub mod server;
 pub mod service;

@@ -149,6 +149,11 @@ impl MvccStore {
         self.backend.commit(batch)
     }
 
+    /// The database, for the Raft log that shares it.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     /// The newest durable revision.
     pub fn revision(&self) -> i64 {
         self.published.load(Ordering::Acquire)
