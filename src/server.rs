@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use keelson_raftstore::node::MemberConfig;
+use keelson_raftstore::node::{ClusterState, MemberConfig};
 use keelson_raftstore::server::{Listeners, run as run_member};
 use keelson_raftstore::store::StoreConfig;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -40,7 +40,10 @@ pub(crate) struct ServerArgs {
     /// URLs to serve /metrics and /health on.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
-    /// Peer URLs this member advertises.
+    /// URLs to serve peer (Raft) traffic on. Without one the member can only be a cluster of one.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Peer URLs this member advertises; a port of 0 stands for the bound peer port.
     #[arg(
         long,
         env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
@@ -48,6 +51,22 @@ pub(crate) struct ServerArgs {
         value_delimiter = ','
     )]
     initial_advertise_peer_urls: Vec<String>,
+    /// The founding members: NAME=PEER_URL,… (default: this member alone).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER", value_delimiter = ',', value_parser = parse_member)]
+    initial_cluster: Vec<(String, String)>,
+    /// `new` to found a cluster, `existing` to join one (after `member add`).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+    /// Leader heartbeat period, in milliseconds.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 50)]
+    heartbeat_interval: u64,
+    /// Time without a heartbeat before a follower campaigns, in milliseconds
+    /// (randomised up to twice this).
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 300)]
+    election_timeout: u64,
+    /// Applied entries between two snapshots (the log is purged behind each).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
     /// Token that makes this cluster's IDs unique.
     #[arg(
         long,
@@ -81,6 +100,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(number * 60)),
         "h" => Ok(Duration::from_secs(number * 3600)),
         _ => Err(format!("{text:?} has no unit of ms, s, m or h")),
+    }
+}
+
+/// `NAME=URL` → `(NAME, URL)`.
+fn parse_member(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, url)) if !name.is_empty() && url.starts_with("http") => {
+            Ok((name.to_owned(), url.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not NAME=http://HOST:PORT")),
     }
 }
 
@@ -143,6 +172,24 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let client = clients.remove(0);
     let bound = client.local_addr()?;
+    let peer = match args.listen_peer_urls.as_slice() {
+        [] => None,
+        [url] => bind(std::slice::from_ref(url)).await?.pop(),
+        more => bail!(
+            "--listen-peer-urls takes one URL for now; got {}",
+            more.len()
+        ),
+    };
+    let peer_port = match &peer {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    if args.initial_cluster.len() == 2 || args.initial_cluster.len() == 4 {
+        tracing::warn!(
+            members = args.initial_cluster.len(),
+            "an even number of members tolerates no more failures than one member fewer"
+        );
+    }
     let metrics = match args.listen_metrics_urls.as_slice() {
         [] => None,
         [url] => bind(std::slice::from_ref(url)).await?.pop(),
@@ -157,7 +204,19 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name))),
         name: args.name,
         advertise_client_urls: advertised(&args.advertise_client_urls, bound),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls,
+        initial_advertise_peer_urls: match peer_port {
+            Some(bound) => advertised(&args.initial_advertise_peer_urls, bound),
+            None => args.initial_advertise_peer_urls,
+        },
+        initial_cluster: args.initial_cluster,
+        initial_cluster_state: if args.initial_cluster_state == "existing" {
+            ClusterState::Existing
+        } else {
+            ClusterState::New
+        },
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
+        election_timeout: Duration::from_millis(args.election_timeout),
+        snapshot_count: args.snapshot_count,
         initial_cluster_token: args.initial_cluster_token,
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
@@ -170,7 +229,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     run_member(
         config,
-        Listeners { client, metrics },
+        Listeners {
+            client,
+            peer,
+            metrics,
+        },
         Some(handle),
         shutdown,
     )

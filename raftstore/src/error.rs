@@ -49,8 +49,28 @@ pub enum Error {
     NoInflightDowngrade,
     #[error("the store is shutting down")]
     Stopped,
-    #[error("cannot start a store thread")]
-    Thread { source: std::io::Error },
+    #[error("this member does not lead (leader: {:?})", leader.as_ref().map(|(id, _)| format!("{id:x}")))]
+    NotLeader {
+        leader: Option<(u64, crate::raft::MemberInfo)>,
+    },
+    #[error("no leader is known")]
+    NoLeader,
+    #[error("the request timed out waiting for the cluster")]
+    Timeout,
+    #[error("the leader answered {code}: {message}")]
+    Remote { code: i32, message: String },
+    #[error("membership change refused: {reason}")]
+    Membership { reason: String },
+    #[error("member {id:x} already exists")]
+    MemberExists { id: u64 },
+    #[error("member {id:x} is not a learner")]
+    MemberNotLearner { id: u64 },
+    #[error("invalid Raft settings")]
+    RaftConfig { source: Box<openraft::ConfigError> },
+    #[error("raft stopped")]
+    RaftFatal {
+        source: Box<openraft::error::Fatal<u64>>,
+    },
     #[error("storage error")]
     Storage(#[from] rocksdb::Error),
     #[error("corrupt record at revision {rev}: {reason}")]
@@ -118,12 +138,30 @@ impl Error {
                 "etcdserver: no inflight downgrade job",
             ),
             Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+            Error::NotLeader { .. } => (Code::FailedPrecondition, "etcdserver: not leader"),
+            Error::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
+            Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+            Error::Remote { code, message } => {
+                return Status::new(Code::from_i32(*code), message.clone());
+            }
+            Error::Membership { reason } => {
+                return Status::failed_precondition(format!("etcdserver: {reason}"));
+            }
+            Error::MemberExists { .. } => (
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
+            Error::MemberNotLearner { .. } => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member",
+            ),
             Error::Storage(_)
             | Error::CorruptRecord { .. }
             | Error::CorruptMeta { .. }
             | Error::CorruptSnapshot { .. }
             | Error::MalformedCommand { .. }
-            | Error::Thread { .. }
+            | Error::RaftConfig { .. }
+            | Error::RaftFatal { .. }
             | Error::WrongMember { .. } => {
                 return Status::internal(format!("etcdserver: {}", error_chain(self)));
             }

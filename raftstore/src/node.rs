@@ -1,35 +1,52 @@
-//! A member: the store, the order in which writes reach it, and the member's identity.
+//! A member: its store, its place in the Raft cluster, and its identity.
 //!
 //! ```text
-//!  gRPC services ──propose(command)──► applier thread ──apply(batch)──► MvccStore
-//!        ▲                                  │  publish events            (synced)
-//!        └──── response + revision ◄────────┴──► WatchHub, Lessor
+//!  gRPC services ──propose(command)──► leader? ──yes──► Raft::client_write ──► log ──► peers
+//!        ▲                              │ no                       │ committed
+//!        │                              └──► Forward to the leader │
+//!        │                                                         ▼
+//!        └──── response + revision ◄──── StateMachine::apply ──► MvccStore, WatchHub, Lessor
 //! ```
 //!
-//! Writes are *proposed* and applied in one order by a single applier
-//! thread, which takes every proposal waiting at the time as one batch (one
-//! synced RocksDB write for the lot). On a single member the applier *is* the
-//! log; with replication, the Raft state machine calls the same
-//! [`MvccStore::apply`] with committed entries.
+//! Every member runs openraft, a lone one too (a cluster of one). Writes go
+//! through the leader's log; a follower hands them to the leader over the
+//! peer connection. Linearizable reads wait until the member has applied the
+//! leader's read index. Only the leader tracks lease deadlines (see
+//! [`crate::lessor`]); keep-alives reaching a follower are passed on to it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keelson_proto::etcdserverpb::{LeaseGrantRequest, ResponseHeader};
-use keelson_proto::keelsonpb::{Command, MemberRecord};
+use keelson_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    ResponseHeader,
+};
+use keelson_proto::keelsonpb::{self as pb, Command, MemberRecord, command::Op};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::hub::WatchHub;
 use crate::lessor::Lessor;
-use crate::store::{CommandResponse, LeaseChange, MvccStore, StoreConfig};
+use crate::raft::network::{Network, Peers};
+use crate::raft::{LogStore, MemberInfo, StateMachine, TypeConfig};
+use crate::store::{CommandResponse, MvccStore, StoreConfig};
 use crate::validate::MAX_LEASE_TTL;
+
+/// Whether this member founds a new cluster or joins one that exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
 
 /// Everything a member needs to start, apart from its sockets.
 #[derive(Clone, Debug)]
@@ -38,7 +55,17 @@ pub struct MemberConfig {
     pub data_dir: PathBuf,
     pub advertise_client_urls: Vec<String>,
     pub initial_advertise_peer_urls: Vec<String>,
+    /// The founding members, `(name, peer URL)`; empty means this member alone.
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// How long a follower waits without a heartbeat before it campaigns
+    /// (randomised between this and twice this).
+    pub election_timeout: Duration,
+    /// How long a write or a linearizable read may wait for the cluster.
+    pub request_timeout: Duration,
     /// Largest request accepted, in bytes (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -46,6 +73,8 @@ pub struct MemberConfig {
     pub progress_notify_interval: Duration,
     /// Recent events kept in memory for watchers.
     pub watch_buffer_events: usize,
+    /// Applied entries after which a new snapshot is taken (and the log purged behind it).
+    pub snapshot_count: u64,
     pub store: StoreConfig,
 }
 
@@ -56,24 +85,56 @@ impl Default for MemberConfig {
             data_dir: PathBuf::from("default.keelson"),
             advertise_client_urls: vec!["http://localhost:2379".into()],
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
             max_request_bytes: 1536 * 1024,
             max_txn_ops: crate::validate::DEFAULT_MAX_TXN_OPS,
             progress_notify_interval: Duration::from_secs(600),
             watch_buffer_events: 65_536,
+            snapshot_count: 10_000,
             store: StoreConfig::default(),
         }
     }
 }
 
-/// The term every response reports while the store has a single member.
-const SINGLE_MEMBER_TERM: u64 = 1;
-/// The most proposals the applier takes into one batch.
-const MAX_BATCH: usize = 512;
+impl MemberConfig {
+    /// The founding members with their IDs, this member included.
+    fn founders(&self) -> BTreeMap<u64, MemberInfo> {
+        let mut founders = BTreeMap::new();
+        for (name, url) in &self.initial_cluster {
+            let info = MemberInfo {
+                name: name.clone(),
+                peer_urls: vec![url.clone()],
+                client_urls: Vec::new(),
+            };
+            founders.insert(
+                member_id(&info.peer_urls, &self.initial_cluster_token),
+                info,
+            );
+        }
+        let me = self.member_info();
+        founders.insert(member_id(&me.peer_urls, &self.initial_cluster_token), me);
+        founders
+    }
 
-struct Proposal {
-    command: Command,
-    reply: oneshot::Sender<Result<(CommandResponse, i64)>>,
+    fn member_info(&self) -> MemberInfo {
+        MemberInfo {
+            name: self.name.clone(),
+            peer_urls: self.initial_advertise_peer_urls.clone(),
+            client_urls: self.advertise_client_urls.clone(),
+        }
+    }
+}
+
+/// A member's ID, derived as etcd derives it: from its peer URLs and the cluster token.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    hash_u64([urls.concat().as_bytes(), token.as_bytes()])
 }
 
 /// One running member.
@@ -83,7 +144,8 @@ pub struct Node {
     store: Arc<MvccStore>,
     hub: Arc<WatchHub>,
     lessor: Arc<Mutex<Lessor>>,
-    proposals: mpsc::Sender<Proposal>,
+    raft: Raft<TypeConfig>,
+    peers: Peers,
     ids: IdGenerator,
 }
 
@@ -98,13 +160,9 @@ impl std::fmt::Debug for Node {
 const META_MEMBER: &str = "member";
 
 impl Node {
-    /// Opens the member's store and starts its applier thread. The thread
-    /// stops once the returned node is dropped, or when storage fails: then it
-    /// cancels `failed` and returns the error.
-    pub fn start(
-        config: MemberConfig,
-        failed: CancellationToken,
-    ) -> Result<(Arc<Self>, std::thread::JoinHandle<Result<()>>)> {
+    /// Opens the member's store and starts its Raft. A member of a new
+    /// cluster that has never run proposes the founding membership.
+    pub async fn start(config: MemberConfig) -> Result<Arc<Self>> {
         let store = Arc::new(MvccStore::open(
             &config.data_dir.join("store"),
             config.store.clone(),
@@ -112,42 +170,69 @@ impl Node {
         let identity = Self::identity(&store, &config)?;
         let hub = Arc::new(WatchHub::new(store.revision(), config.watch_buffer_events));
         let lessor = Arc::new(Mutex::new(Lessor::default()));
-        // A lone member is its own primary: it expires leases.
-        lessor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .promote(store.leases(), Instant::now());
+        let peers = Peers::default();
 
-        let (proposals, queue) = mpsc::channel(4 * MAX_BATCH);
-        let applier = {
-            let (store, hub, lessor) = (store.clone(), hub.clone(), lessor.clone());
-            std::thread::Builder::new()
-                .name("keelson-applier".into())
-                .spawn(move || {
-                    let outcome = apply_loop(queue, &store, &hub, &lessor);
-                    if outcome.is_err() {
-                        failed.cancel();
-                    }
-                    outcome
-                })
-                .map_err(|source| Error::Thread { source })?
-        };
-        let ids = IdGenerator::new(identity.member_id);
+        let election = config.election_timeout.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|source| Error::RaftConfig {
+            source: Box::new(source),
+        })?;
+        let state_machine = StateMachine::new(store.clone(), hub.clone(), lessor.clone());
+        let raft = Raft::new(
+            identity.member_id,
+            Arc::new(raft_config),
+            Network {
+                peers: peers.clone(),
+            },
+            LogStore::new(store.clone()),
+            state_machine,
+        )
+        .await
+        .map_err(|source| Error::RaftFatal {
+            source: Box::new(source),
+        })?;
+
+        if config.initial_cluster_state == ClusterState::New
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|source| Error::RaftFatal {
+                    source: Box::new(source),
+                })?
+        {
+            let founders = config.founders();
+            tracing::info!(members = founders.len(), "founding a new cluster");
+            // Every founder proposes the same membership; openraft accepts
+            // that, and the first elected leader's entry wins.
+            if let Err(error) = raft.initialize(founders).await {
+                tracing::info!(%error, "cluster already initialized");
+            }
+        }
         tracing::info!(member = %format!("{:x}", identity.member_id), name = %identity.name, "member started");
-        let node = Arc::new(Self {
+        let ids = IdGenerator::new(identity.member_id);
+        Ok(Arc::new(Self {
             identity,
             config,
             store,
             hub,
             lessor,
-            proposals,
+            raft,
+            peers,
             ids,
-        });
-        Ok((node, applier))
+        }))
     }
 
-    /// The identity recorded on first start, or a new one derived as etcd
-    /// derives it (from the peer URLs and the cluster token).
+    /// The identity recorded on first start, or a new one.
     fn identity(store: &MvccStore, config: &MemberConfig) -> Result<MemberRecord> {
         if let Some(raw) = store.meta(META_MEMBER)? {
             let mut record =
@@ -164,24 +249,79 @@ impl Node {
             record.client_urls = config.advertise_client_urls.clone();
             return Ok(record);
         }
-        let mut peers = config.initial_advertise_peer_urls.clone();
-        peers.sort();
-        let member_id = hash_u64([
-            peers.concat().as_bytes(),
-            config.initial_cluster_token.as_bytes(),
-        ]);
+        let member_id = member_id(
+            &config.initial_advertise_peer_urls,
+            &config.initial_cluster_token,
+        );
+        let founders: Vec<u8> = config
+            .founders()
+            .keys()
+            .flat_map(|id| id.to_be_bytes())
+            .collect();
         let record = MemberRecord {
             member_id,
-            cluster_id: hash_u64([
-                &member_id.to_be_bytes()[..],
-                config.initial_cluster_token.as_bytes(),
-            ]),
+            cluster_id: hash_u64([founders.as_slice(), config.initial_cluster_token.as_bytes()]),
             name: config.name.clone(),
             client_urls: config.advertise_client_urls.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
         };
         store.put_meta(META_MEMBER, &record.encode_to_vec())?;
         Ok(record)
+    }
+
+    /// Follows leadership: the leader alone tracks lease deadlines, and a
+    /// member removed from the cluster stops (cancels `stop`). Runs until `stop`.
+    pub async fn follow_leadership(self: Arc<Self>, stop: CancellationToken) {
+        let mut metrics = self.raft.metrics();
+        let mut was_leader = false;
+        let mut leader = None;
+        let mut was_member = false;
+        loop {
+            let (is_leader, current_leader, is_member) = {
+                let m = metrics.borrow_and_update();
+                let is_member = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(id, _)| *id == self.identity.member_id);
+                (m.state == ServerState::Leader, m.current_leader, is_member)
+            };
+            if is_leader != was_leader {
+                let mut lessor = self.lessor();
+                if is_leader {
+                    lessor.promote(self.store.leases(), Instant::now());
+                    tracing::info!("became leader: lease deadlines restart from now");
+                } else {
+                    lessor.demote();
+                }
+                was_leader = is_leader;
+            }
+            if current_leader != leader {
+                if current_leader.is_some() {
+                    metrics::counter!("etcd_server_leader_changes_seen_total").increment(1);
+                }
+                leader = current_leader;
+            }
+            metrics::gauge!("etcd_server_is_leader").set(f64::from(u8::from(is_leader)));
+            metrics::gauge!("etcd_server_has_leader")
+                .set(f64::from(u8::from(current_leader.is_some())));
+            if was_member && !is_member {
+                tracing::warn!("this member was removed from the cluster; stopping");
+                stop.cancel();
+            }
+            was_member |= is_member;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = metrics.changed() => if changed.is_err() { break },
+            }
+        }
+    }
+
+    /// Stops Raft; the store is closed when the last handle goes.
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not stop cleanly");
+        }
     }
 
     pub fn identity_record(&self) -> &MemberRecord {
@@ -200,14 +340,40 @@ impl Node {
         &self.hub
     }
 
-    /// The Raft term responses report.
-    pub fn term(&self) -> u64 {
-        SINGLE_MEMBER_TERM
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
     }
 
-    /// The member that currently leads (this one, while it is alone).
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The member that leads now (0: none known).
     pub fn leader(&self) -> u64 {
-        self.identity.member_id
+        self.raft.metrics().borrow().current_leader.unwrap_or(0)
+    }
+
+    /// The last log index, and the last applied one.
+    pub fn raft_indexes(&self) -> (u64, u64) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (
+            m.last_log_index.unwrap_or(0),
+            m.last_applied.map_or(0, |id| id.index),
+        )
+    }
+
+    /// Every member: ID, description, and whether it is a learner.
+    pub fn members(&self) -> Vec<(u64, MemberInfo, bool)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, info)| (*id, info.clone(), !voters.contains(id)))
+            .collect()
     }
 
     /// A response header at `revision`.
@@ -221,7 +387,8 @@ impl Node {
     }
 
     /// Orders `command` after every earlier write and applies it; returns its
-    /// response and the store revision after it, once it is durable.
+    /// response and the store revision after it, once a quorum has it durably.
+    /// A follower hands the command to the leader.
     pub async fn propose(&self, command: Command) -> Result<(CommandResponse, i64)> {
         let size = command.encoded_len();
         if size > self.config.max_request_bytes {
@@ -230,12 +397,140 @@ impl Node {
                 max: self.config.max_request_bytes,
             });
         }
-        let (reply, response) = oneshot::channel();
-        self.proposals
-            .send(Proposal { command, reply })
+        let deadline = Instant::now() + self.config.request_timeout;
+        tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.write(command.clone()).await {
+                    Err(Error::NotLeader {
+                        leader: Some((id, member)),
+                    }) => {
+                        return self.forward(id, &member, command).await;
+                    }
+                    Err(Error::NotLeader { leader: None }) => {
+                        self.wait_for_leader(deadline).await?
+                    }
+                    outcome => return outcome,
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout)?
+    }
+
+    /// Writes through this member's Raft, which must lead.
+    pub async fn write(&self, command: Command) -> Result<(CommandResponse, i64)> {
+        match self.raft.client_write(command).await {
+            Ok(written) => written.data.0.ok_or(Error::MalformedCommand {
+                index: written.log_id.index,
+            })?,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Err(not_leader(to)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(source))) => {
+                Err(Error::Membership {
+                    reason: source.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        member: &MemberInfo,
+        command: Command,
+    ) -> Result<(CommandResponse, i64)> {
+        let mut client = self
+            .peers
+            .client(leader, member)
+            .map_err(|_| Error::Timeout)?;
+        let response = client
+            .forward(pb::ForwardRequest {
+                command: Some(command),
+            })
             .await
-            .map_err(|_| Error::Stopped)?;
-        response.await.map_err(|_| Error::Stopped)?
+            .map_err(|status| Error::Remote {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })?
+            .into_inner();
+        forwarded(response)
+    }
+
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map(drop)
+            .map_err(|_| Error::NoLeader)
+    }
+
+    /// Returns once this member has applied every write acknowledged before
+    /// the call: the leader confirms it still leads, a follower waits for
+    /// the leader's read index.
+    pub async fn linearizable_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                        match not_leader(to) {
+                            Error::NotLeader {
+                                leader: Some((id, member)),
+                            } => {
+                                let mut client =
+                                    self.peers.client(id, &member).map_err(|_| Error::Timeout)?;
+                                let index = client
+                                    .read_index(pb::ReadIndexRequest {})
+                                    .await
+                                    .map_err(|s| Error::Remote {
+                                        code: s.code() as i32,
+                                        message: s.message().to_owned(),
+                                    })?
+                                    .into_inner()
+                                    .index;
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                self.raft
+                                    .wait(Some(left))
+                                    .applied_index_at_least(Some(index), "read index")
+                                    .await
+                                    .map_err(|_| Error::Timeout)?;
+                                return Ok(());
+                            }
+                            _ => self.wait_for_leader(deadline).await?,
+                        }
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                        return Err(Error::Timeout);
+                    }
+                    Err(RaftError::Fatal(source)) => {
+                        return Err(Error::RaftFatal {
+                            source: Box::new(source),
+                        });
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout)?
+    }
+
+    /// The leader's read index, for a follower's linearizable read.
+    pub async fn read_index(&self) -> Result<u64> {
+        match self.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
+                Err(not_leader(to))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
+            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// Grants a lease: checks the TTL, picks an ID if the client left it to
@@ -253,35 +548,83 @@ impl Node {
         if request.id == 0 {
             request.id = self.ids.next_lease_id();
         }
-        let op = keelson_proto::keelsonpb::command::Op::LeaseGrant(request);
-        self.propose(Command { op: Some(op) }).await
+        self.propose(Command {
+            op: Some(Op::LeaseGrant(request)),
+        })
+        .await
     }
 
     fn lessor(&self) -> MutexGuard<'_, Lessor> {
         self.lessor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps lease `id` alive; its TTL, or `None` if it is unknown or expired.
-    pub fn lease_renew(&self, id: i64) -> Option<i64> {
-        self.lessor().renew(id, Instant::now())
+    /// Where lease questions go: `None` while this member leads, else the leader.
+    fn lease_authority(&self) -> Option<(u64, MemberInfo)> {
+        if self.lessor().is_primary() {
+            return None;
+        }
+        let leader = self.leader();
+        self.members()
+            .into_iter()
+            .find(|(id, _, _)| *id == leader)
+            .map(|(id, info, _)| (id, info))
+    }
+
+    /// Keeps lease `id` alive; its TTL, or 0 if it is unknown or expired.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64> {
+        match self.lease_authority() {
+            None => Ok(self.lessor().renew(id, Instant::now()).unwrap_or(0)),
+            Some((leader, member)) => {
+                let mut client = self
+                    .peers
+                    .client(leader, &member)
+                    .map_err(|_| Error::NoLeader)?;
+                let response = client
+                    .lease_keep_alive(LeaseKeepAliveRequest { id })
+                    .await
+                    .map_err(|s| Error::Remote {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                    })?;
+                Ok(response.into_inner().ttl)
+            }
+        }
     }
 
     /// Seconds left on lease `id` (etcd truncates), `None` if unknown.
-    pub fn lease_remaining(&self, id: i64) -> Option<i64> {
-        self.lessor()
-            .remaining(id, Instant::now())
-            .map(|left| left.as_secs() as i64)
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<i64>> {
+        match self.lease_authority() {
+            None => Ok(self
+                .lessor()
+                .remaining(id, Instant::now())
+                .map(|left| left.as_secs() as i64)),
+            Some((leader, member)) => {
+                let mut client = self
+                    .peers
+                    .client(leader, &member)
+                    .map_err(|_| Error::NoLeader)?;
+                let response = client
+                    .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+                    .await
+                    .map_err(|s| Error::Remote {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                    })?;
+                let ttl = response.into_inner().ttl;
+                Ok((ttl >= 0).then_some(ttl))
+            }
+        }
     }
 
     /// Proposes the revocation of every lease past its deadline; called
-    /// periodically while the member is primary.
+    /// periodically (only the leader has deadlines).
     pub async fn revoke_expired(&self) {
         let expired = self.lessor().expired(Instant::now(), 1000);
         for id in expired {
-            let op = keelson_proto::keelsonpb::command::Op::LeaseRevoke(
-                keelson_proto::etcdserverpb::LeaseRevokeRequest { id },
-            );
-            match self.propose(Command { op: Some(op) }).await {
+            let command = Command {
+                op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
+            };
+            match self.propose(command).await {
                 Ok(_) => tracing::info!(lease = %format!("{id:x}"), "lease expired"),
                 Err(Error::LeaseNotFound { .. }) => {}
                 Err(error) => {
@@ -290,64 +633,143 @@ impl Node {
             }
         }
     }
+
+    /// Adds a member (as a learner first); returns its ID. Only the leader changes membership.
+    pub async fn add_member(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64> {
+        let id = member_id(&peer_urls, &self.config.initial_cluster_token);
+        if self.members().iter().any(|(known, _, _)| *known == id) {
+            return Err(Error::MemberExists { id });
+        }
+        let info = MemberInfo {
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+        };
+        self.membership(self.raft.add_learner(id, info, false).await)?;
+        if !learner {
+            self.membership(
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await,
+            )?;
+        }
+        Ok(id)
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote_member(&self, id: u64) -> Result<()> {
+        match self
+            .members()
+            .into_iter()
+            .find(|(known, _, _)| *known == id)
+        {
+            None => return Err(Error::MemberNotFound { id }),
+            Some((_, _, false)) => return Err(Error::MemberNotLearner { id }),
+            Some(_) => {}
+        }
+        self.membership(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await,
+        )
+    }
+
+    /// Removes a member from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<()> {
+        let learner = match self
+            .members()
+            .into_iter()
+            .find(|(known, _, _)| *known == id)
+        {
+            None => return Err(Error::MemberNotFound { id }),
+            Some((_, _, learner)) => learner,
+        };
+        let change = if learner {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        };
+        self.membership(self.raft.change_membership(change, false).await)
+    }
+
+    fn membership<T>(
+        &self,
+        outcome: std::result::Result<T, RaftError<u64, ClientWriteError<u64, MemberInfo>>>,
+    ) -> Result<()> {
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Err(not_leader(to)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(source))) => {
+                Err(Error::Membership {
+                    reason: source.to_string(),
+                })
+            }
+            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
+                source: Box::new(source),
+            }),
+        }
+    }
 }
 
-fn apply_loop(
-    mut queue: mpsc::Receiver<Proposal>,
-    store: &MvccStore,
-    hub: &WatchHub,
-    lessor: &Mutex<Lessor>,
-) -> Result<()> {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH
-            && let Ok(next) = queue.try_recv()
-        {
-            batch.push(next);
+fn not_leader(to: ForwardToLeader<u64, MemberInfo>) -> Error {
+    Error::NotLeader {
+        leader: to.leader_id.zip(to.leader_node),
+    }
+}
+
+/// A command's outcome as the leader reported it.
+fn forwarded(response: pb::ForwardResponse) -> Result<(CommandResponse, i64)> {
+    use pb::forward_response::Result as R;
+    let revision = response.revision;
+    let response = match response.result {
+        Some(R::Put(r)) => CommandResponse::Put(r),
+        Some(R::DeleteRange(r)) => CommandResponse::DeleteRange(r),
+        Some(R::Txn(r)) => CommandResponse::Txn(r),
+        Some(R::Compaction(r)) => CommandResponse::Compaction(r),
+        Some(R::LeaseGrant(r)) => CommandResponse::LeaseGrant(r),
+        Some(R::LeaseRevoke(r)) => CommandResponse::LeaseRevoke(r),
+        Some(R::Error(e)) => {
+            return Err(Error::Remote {
+                code: e.code,
+                message: e.message,
+            });
         }
-        let first_index = store.applied_index() + 1;
-        let commands: Vec<(u64, Command)> = batch
-            .iter_mut()
-            .enumerate()
-            .map(|(i, p)| (first_index + i as u64, std::mem::take(&mut p.command)))
-            .collect();
-        match store.apply(&commands) {
-            Ok(output) => {
-                metrics::counter!("etcd_server_proposals_committed_total")
-                    .increment(commands.len() as u64);
-                metrics::counter!("etcd_server_proposals_applied_total")
-                    .increment(commands.len() as u64);
-                {
-                    let now = Instant::now();
-                    let mut lessor = lessor.lock().unwrap_or_else(|p| p.into_inner());
-                    for change in &output.lease_changes {
-                        match *change {
-                            LeaseChange::Granted { id, ttl } => lessor.granted(id, ttl, now),
-                            LeaseChange::Revoked { id } => lessor.revoked(id),
-                        }
-                    }
-                }
-                hub.publish(output.events, store.revision());
-                for (proposal, applied) in batch.drain(..).zip(output.applied) {
-                    let result = applied.response.map(|r| (r, applied.revision));
-                    if result.is_err() {
-                        metrics::counter!("etcd_server_proposals_failed_total").increment(1);
-                    }
-                    // The client may have gone away; its write still happened.
-                    let _ = proposal.reply.send(result);
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = %crate::error::error_chain(&error), "applying to the store failed; the applier stops");
-                for proposal in batch.drain(..) {
-                    let _ = proposal.reply.send(Err(Error::Stopped));
-                }
-                return Err(error);
+        None => {
+            return Err(Error::Remote {
+                code: tonic::Code::Internal as i32,
+                message: "empty forward response".into(),
+            });
+        }
+    };
+    Ok((response, revision))
+}
+
+/// A command's outcome, for the follower that forwarded it.
+pub fn forward_response(outcome: Result<(CommandResponse, i64)>) -> pb::ForwardResponse {
+    use pb::forward_response::Result as R;
+    match outcome {
+        Ok((response, revision)) => pb::ForwardResponse {
+            revision,
+            result: Some(match response {
+                CommandResponse::Put(r) => R::Put(r),
+                CommandResponse::DeleteRange(r) => R::DeleteRange(r),
+                CommandResponse::Txn(r) => R::Txn(r),
+                CommandResponse::Compaction(r) => R::Compaction(r),
+                CommandResponse::LeaseGrant(r) => R::LeaseGrant(r),
+                CommandResponse::LeaseRevoke(r) => R::LeaseRevoke(r),
+            }),
+        },
+        Err(error) => {
+            let status = error.to_status();
+            pb::ForwardResponse {
+                revision: 0,
+                result: Some(R::Error(pb::RemoteError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                })),
             }
         }
     }
-    Ok(())
 }
 
 /// The first eight bytes of a SHA-256 over `parts`.

@@ -1,12 +1,11 @@
 //! Serving a member: its gRPC client port, its metrics port, its background
 //! tasks, and their orderly shutdown.
 //!
-//! Start order: store and applier (via [`Node::start`]) → background tasks
-//! (lease expiry, gauges) → metrics and health endpoint → gRPC. Shutdown runs
-//! in reverse: gRPC stops accepting and watch streams end, the background
-//! tasks stop, and the applier finishes what it holds once the last handle
-//! to the node is gone. A storage failure in the applier triggers the same
-//! shutdown, and `run` returns that error.
+//! Start order: store and Raft (via [`Node::start`]) → background tasks
+//! (leadership, lease expiry, gauges) → metrics and health endpoint → peer
+//! gRPC → client gRPC. Shutdown runs in reverse: client gRPC stops accepting
+//! and watch streams end, the background tasks and the peer endpoint stop,
+//! then Raft.
 
 use std::time::Duration;
 
@@ -30,8 +29,6 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 pub enum ServeError {
     #[error("the store failed")]
     Store(#[from] crate::Error),
-    #[error("the store's applier thread panicked")]
-    ApplierPanicked,
     #[error("cannot serve gRPC")]
     Grpc(#[from] tonic::transport::Error),
     #[error("cannot use a listening socket")]
@@ -42,11 +39,13 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Listeners {
     pub client: TcpListener,
+    /// Peer traffic; a member without it can only ever be a cluster of one.
+    pub peer: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
 }
 
-/// Runs a member until `shutdown` fires. `metrics` renders the process-wide
-/// Prometheus registry for `/metrics`.
+/// Runs a member until `shutdown` fires (or the member is removed from its
+/// cluster). `metrics` renders the process-wide Prometheus registry for `/metrics`.
 pub async fn run(
     config: MemberConfig,
     listeners: Listeners,
@@ -54,9 +53,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     crate::metrics::describe();
-    let (node, applier) = Node::start(config, shutdown.clone())?;
+    let node = Node::start(config).await?;
     let tasks = TaskTracker::new();
 
+    tasks.spawn(node.clone().follow_leadership(shutdown.clone()));
     tasks.spawn(every(LEASE_EXPIRY_CHECK, shutdown.clone(), {
         let node = node.clone();
         move || {
@@ -98,6 +98,24 @@ pub async fn run(
         });
     }
 
+    if let Some(listener) = listeners.peer {
+        tracing::info!(address = %listener.local_addr().map_err(ServeError::Listener)?, "serving peer traffic");
+        let routes = crate::service::peer_routes(&node);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "peer endpoint failed");
+            }
+        });
+    }
+
     let address = listeners
         .client
         .local_addr()
@@ -119,15 +137,9 @@ pub async fn run(
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
-    drop(node);
-    let applied = tokio::task::spawn_blocking(move || applier.join()).await;
+    node.shutdown().await;
     tracing::info!("member stopped");
-    served?;
-    match applied {
-        Ok(Ok(outcome)) => outcome.map_err(ServeError::Store),
-        // The applier panicked (or its join did): the store's state is unknown.
-        Ok(Err(_)) | Err(_) => Err(ServeError::ApplierPanicked),
-    }
+    Ok(served?)
 }
 
 /// etcd's `/health` answer; a lone member is healthy while it serves.

@@ -101,6 +101,14 @@ impl StateMachine {
             }
         }
         let output = self.store.apply_logged(&commands, last.index, &meta)?;
+        metrics::counter!("etcd_server_proposals_committed_total").increment(entries.len() as u64);
+        metrics::counter!("etcd_server_proposals_applied_total").increment(entries.len() as u64);
+        let failed = output
+            .applied
+            .iter()
+            .filter(|a| a.response.is_err())
+            .count();
+        metrics::counter!("etcd_server_proposals_failed_total").increment(failed as u64);
         {
             let now = tokio::time::Instant::now();
             let mut lessor = self.lessor.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,8 +1,8 @@
-//! The Cluster service: the member list.
+//! The Cluster service: the members, and changes to them through Raft.
 //!
-//! A store without replication has exactly one member; adding, removing,
-//! updating or promoting members needs the replicated store, and is refused
-//! with a status that says so.
+//! Membership changes are made by the leader; a member that does not lead
+//! answers `etcdserver: not leader`. A new member is added as a learner and,
+//! unless asked to stay one, made a voter right away (etcd's `member add`).
 
 use std::sync::Arc;
 
@@ -26,45 +26,85 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<Member> {
-        let identity = self.node.identity_record();
-        vec![Member {
-            id: identity.member_id,
-            name: identity.name.clone(),
-            peer_ur_ls: identity.peer_urls.clone(),
-            client_ur_ls: identity.client_urls.clone(),
-            is_learner: false,
-        }]
+        self.node
+            .members()
+            .into_iter()
+            .map(|(id, info, is_learner)| Member {
+                id,
+                name: info.name,
+                peer_ur_ls: info.peer_urls,
+                client_ur_ls: info.client_urls,
+                is_learner,
+            })
+            .collect()
     }
-}
 
-/// Membership changes need peers to replicate to.
-fn single_member() -> Status {
-    Status::failed_precondition(
-        "etcdserver: membership changes need a replicated cluster; this member runs alone",
-    )
+    fn header(&self) -> Option<keelson_proto::etcdserverpb::ResponseHeader> {
+        // etcd's cluster responses carry no revision.
+        Some(self.node.header(0))
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(single_member())
+        let request = request.into_inner();
+        if request.peer_ur_ls.is_empty()
+            || request.peer_ur_ls.iter().any(|u| !u.starts_with("http"))
+        {
+            return Err(Status::invalid_argument(
+                "etcdserver: given member URLs are invalid",
+            ));
+        }
+        let id = self
+            .node
+            .add_member(request.peer_ur_ls.clone(), request.is_learner)
+            .await?;
+        let members = self.members();
+        let member = members
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+            .unwrap_or(Member {
+                id,
+                peer_ur_ls: request.peer_ur_ls,
+                is_learner: request.is_learner,
+                ..Member::default()
+            });
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(single_member())
+        self.node.remove_member(request.into_inner().id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(single_member())
+        // A member's ID is derived from its peer URLs, so changing them is
+        // replacing the member: remove it and add the new URLs.
+        let id = request.into_inner().id;
+        if !self.node.members().iter().any(|(known, _, _)| *known == id) {
+            return Err(crate::Error::MemberNotFound { id }.into());
+        }
+        Err(Status::failed_precondition(
+            "etcdserver: peer URLs identify a member here; replace it with member remove and member add",
+        ))
     }
 
     async fn member_list(
@@ -72,16 +112,19 @@ impl Cluster for ClusterService {
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
-            // etcd's member list header carries no revision.
-            header: Some(self.node.header(0)),
+            header: self.header(),
             members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(single_member())
+        self.node.promote_member(request.into_inner().id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 }

@@ -34,8 +34,9 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
         validate::range(&request)?;
-        // A lone member's reads are linearizable as they are: every
-        // acknowledged write is published before its reply.
+        if !request.serializable {
+            self.node.linearizable_barrier().await?;
+        }
         let mut response = self.node.store().range(&request)?;
         response.header = Some(self.node.header(self.node.store().revision()));
         Ok(Response::new(response))

@@ -68,15 +68,18 @@ impl Lease for LeaseService {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let node = self.node.clone();
-        let responses = request.into_inner().map(move |request| {
-            let id = request?.id;
-            // An unknown or expired lease is answered with TTL 0, as etcd does.
-            let ttl = node.lease_renew(id).unwrap_or(0);
-            Ok(LeaseKeepAliveResponse {
-                header: Some(node.header(node.store().revision())),
-                id,
-                ttl,
-            })
+        let responses = request.into_inner().then(move |request| {
+            let node = node.clone();
+            async move {
+                let id = request?.id;
+                // An unknown or expired lease is answered with TTL 0, as etcd does.
+                let ttl = node.lease_renew(id).await?;
+                Ok(LeaseKeepAliveResponse {
+                    header: Some(node.header(node.store().revision())),
+                    id,
+                    ttl,
+                })
+            }
         });
         Ok(Response::new(Box::pin(responses)))
     }
@@ -98,7 +101,11 @@ impl Lease for LeaseService {
             Some(info) => LeaseTimeToLiveResponse {
                 header,
                 id: request.id,
-                ttl: self.node.lease_remaining(request.id).unwrap_or(info.ttl),
+                ttl: self
+                    .node
+                    .lease_remaining(request.id)
+                    .await?
+                    .unwrap_or(info.ttl),
                 granted_ttl: info.ttl,
                 keys: if request.keys {
                     info.keys.into_iter().collect()

@@ -99,6 +99,13 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let store = self.node.store();
         let (db_size, db_size_in_use) = store.db_size();
+        let (raft_index, raft_applied_index) = self.node.raft_indexes();
+        let me = self.node.identity_record().member_id;
+        let is_learner = self
+            .node
+            .members()
+            .iter()
+            .any(|(id, _, learner)| *id == me && *learner);
         let errors = self
             .alarm_list()
             .into_iter()
@@ -112,12 +119,12 @@ impl Maintenance for MaintenanceService {
             version: ETCD_VERSION.into(),
             db_size: db_size as i64,
             leader: self.node.leader(),
-            raft_index: store.applied_index(),
+            raft_index,
             raft_term: self.node.term(),
-            raft_applied_index: store.applied_index(),
+            raft_applied_index,
             errors,
             db_size_in_use: db_size_in_use as i64,
-            is_learner: false,
+            is_learner,
             storage_version: STORAGE_VERSION.into(),
             db_size_quota: 0,
             downgrade_info: None,
@@ -201,6 +208,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // Leadership moves only to where it already is: the Raft library
+        // this release uses has no leader transfer.
         let target = request.into_inner().target_id;
         if target != self.node.leader() {
             return Err(Error::BadLeaderTransferee { id: target }.into());

@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod oversize;
+mod peer;
 mod watch;
 
 use std::sync::Arc;
@@ -53,6 +54,18 @@ pub fn routes(node: &Arc<Node>, shutdown: &CancellationToken) -> Routes {
     .add_service(
         MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
             .max_encoding_message_size(usize::MAX),
+    )
+}
+
+/// The peer service, for the peer listener.
+pub fn peer_routes(node: &Arc<Node>) -> Routes {
+    use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+    Routes::new(
+        keelson_proto::keelsonpb::raft_server::RaftServer::new(peer::PeerService::new(
+            node.clone(),
+        ))
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
     )
 }
 

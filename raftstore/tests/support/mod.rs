@@ -47,6 +47,7 @@ impl Member {
         let shutdown = CancellationToken::new();
         let listeners = Listeners {
             client,
+            peer: None,
             metrics: Some(metrics_listener),
         };
         let task = tokio::spawn(run(config, listeners, metrics, shutdown.clone()));

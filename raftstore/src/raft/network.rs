@@ -1,0 +1,169 @@
+//! Peer traffic over gRPC: openraft's RPCs, and what followers ask of the leader.
+//!
+//! One lazily connected channel per peer, shared by every caller and reused
+//! for the life of the member ([`Peers`]); each call has an explicit deadline.
+//! Incoming messages are decoded with [`super::codec`], so a malformed one is
+//! answered with `InvalidArgument`, never a panic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keelson_proto::keelsonpb::raft_client::RaftClient;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::codec;
+use super::{MemberInfo, TypeConfig};
+
+/// Largest peer message: snapshot chunks are well under it.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections to the other members, by member ID.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+}
+
+/// A peer could not be reached at all (no usable URL).
+#[derive(Debug, thiserror::Error)]
+#[error("member {id:x} has no usable peer URL {url:?}")]
+pub struct BadPeerUrl {
+    pub id: u64,
+    pub url: String,
+}
+
+impl Peers {
+    /// A client for member `id`, reusing its connection while its URL stays the same.
+    pub fn client(&self, id: u64, member: &MemberInfo) -> Result<RaftClient<Channel>, BadPeerUrl> {
+        let url = member.peer_urls.first().cloned().unwrap_or_default();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, channel)) = channels.get(&id)
+            && *known == url
+        {
+            return Ok(client(channel.clone()));
+        }
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|_| BadPeerUrl {
+                id,
+                url: url.clone(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(id, (url, channel.clone()));
+        Ok(client(channel))
+    }
+}
+
+fn client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+}
+
+/// openraft's view of the network.
+#[derive(Clone, Debug, Default)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: u64, node: &MemberInfo) -> Connection {
+        Connection {
+            target,
+            client: self.peers.client(target, node),
+        }
+    }
+}
+
+/// openraft's link to one peer.
+#[derive(Debug)]
+pub struct Connection {
+    target: u64,
+    client: Result<RaftClient<Channel>, BadPeerUrl>,
+}
+
+type RpcError<E = openraft::error::Infallible> = RPCError<u64, MemberInfo, RaftError<u64, E>>;
+
+fn transport_error<E: std::error::Error>(status: tonic::Status) -> RpcError<E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+fn malformed<E: std::error::Error>(error: codec::DecodeError) -> RpcError<E> {
+    RPCError::Network(NetworkError::new(&error))
+}
+
+fn with_deadline<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(option.hard_ttl());
+    request
+}
+
+impl Connection {
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RpcError<E>> {
+        match &self.client {
+            Ok(client) => Ok(client.clone()),
+            Err(error) => Err(RPCError::Unreachable(Unreachable::new(error))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        let request = with_deadline(codec::append_entries(&rpc), &option);
+        let response = self
+            .client()?
+            .append_entries(request)
+            .await
+            .map_err(transport_error)?;
+        codec::from_append_entries_response(response.into_inner()).map_err(malformed)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
+        tracing::debug!(target = %format!("{:x}", self.target), offset = rpc.offset, done = rpc.done, "sending snapshot chunk");
+        let request = with_deadline(codec::install_snapshot(&rpc), &option);
+        let response = self
+            .client()?
+            .install_snapshot(request)
+            .await
+            .map_err(transport_error)?;
+        codec::from_install_snapshot_response(&response.into_inner()).map_err(malformed)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcError> {
+        let request = with_deadline(codec::vote_request(&rpc), &option);
+        let response = self
+            .client()?
+            .vote(request)
+            .await
+            .map_err(transport_error)?;
+        codec::from_vote_response(&response.into_inner()).map_err(malformed)
+    }
+}

@@ -1,0 +1,123 @@
+//! The peer service: what other members send this one.
+//!
+//! openraft's RPCs (append, vote, snapshot chunks), writes forwarded by
+//! followers, read-index requests, and lease questions that only the leader
+//! can answer. Messages that do not decode get `InvalidArgument`.
+
+use std::sync::Arc;
+
+use keelson_proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use keelson_proto::keelsonpb::{self as pb, raft_server::Raft};
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, forward_response};
+use crate::raft::codec;
+
+#[derive(Debug)]
+pub(super) struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub(super) fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn malformed(error: codec::DecodeError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn raft_failed(error: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {error}"))
+}
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let request = codec::from_append_entries(request.into_inner()).map_err(malformed)?;
+        let response = self
+            .node
+            .raft()
+            .append_entries(request)
+            .await
+            .map_err(raft_failed)?;
+        Ok(Response::new(codec::append_entries_response(&response)))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let request = codec::from_vote_request(&request.into_inner()).map_err(malformed)?;
+        let response = self.node.raft().vote(request).await.map_err(raft_failed)?;
+        Ok(Response::new(codec::vote_response(&response)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::InstallSnapshotRequest>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let request = codec::from_install_snapshot(request.into_inner()).map_err(malformed)?;
+        let response = self
+            .node
+            .raft()
+            .install_snapshot(request)
+            .await
+            .map_err(raft_failed)?;
+        Ok(Response::new(codec::install_snapshot_response(&response)))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let command = request
+            .into_inner()
+            .command
+            .ok_or_else(|| Status::invalid_argument("no command"))?;
+        // Only this member's own log: a forwarded write is never forwarded again.
+        Ok(Response::new(forward_response(
+            self.node.write(command).await,
+        )))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let index = self.node.read_index().await?;
+        Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = request.into_inner().id;
+        let ttl = self.node.lease_renew(id).await?;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let id = request.into_inner().id;
+        let ttl = self.node.lease_remaining(id).await?.unwrap_or(-1);
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            id,
+            ttl,
+            ..Default::default()
+        }))
+    }
+}
