@@ -29,6 +29,15 @@ pub fn describe() {
         "Whether this member is the leader (1) or not (0)."
     );
     describe_counter!(
+        "etcd_server_leader_changes_seen_total",
+        "Leader changes this member has seen."
+    );
+    describe_histogram!(
+        "etcd_disk_wal_fsync_duration_seconds",
+        Unit::Seconds,
+        "Latency of synced Raft log appends."
+    );
+    describe_counter!(
         "etcd_server_proposals_committed_total",
         "Consensus proposals committed."
     );
@@ -87,10 +96,6 @@ pub fn describe() {
 pub fn refresh_store_gauges(node: &Node) {
     let store = node.store();
     let (size, in_use) = store.db_size();
-    gauge!("etcd_server_has_leader").set(1.0);
-    gauge!("etcd_server_is_leader").set(f64::from(u8::from(
-        node.leader() == node.identity_record().member_id,
-    )));
     gauge!("etcd_mvcc_db_total_size_in_bytes").set(size as f64);
     gauge!("etcd_mvcc_db_total_size_in_use_in_bytes").set(in_use as f64);
     gauge!("etcd_debugging_mvcc_keys_total").set(store.key_count() as f64);

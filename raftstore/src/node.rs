@@ -179,7 +179,8 @@ impl Node {
             election_timeout_min: election,
             election_timeout_max: election * 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep some log behind a snapshot for members that are only a little behind.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..openraft::Config::default()
         }
@@ -315,6 +316,26 @@ impl Node {
                 changed = metrics.changed() => if changed.is_err() { break },
             }
         }
+    }
+
+    /// Waits until this member appears in the cluster's membership: at once
+    /// for a founder, once the leader has replicated it for a joining member.
+    pub async fn joined(&self) -> Result<()> {
+        let me = self.identity.member_id;
+        self.raft
+            .wait(None)
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .nodes()
+                        .any(|(id, _)| *id == me)
+                },
+                "membership",
+            )
+            .await
+            .map(drop)
+            .map_err(|_| Error::Stopped)
     }
 
     /// Stops Raft; the store is closed when the last handle goes.

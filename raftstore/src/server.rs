@@ -116,6 +116,12 @@ pub async fn run(
         });
     }
 
+    // Clients are served once the member is part of the cluster (etcd, too,
+    // waits until it has joined before it answers).
+    tokio::select! {
+        joined = node.joined() => joined?,
+        () = shutdown.cancelled() => {}
+    }
     let address = listeners
         .client
         .local_addr()
