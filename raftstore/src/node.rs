@@ -338,6 +338,78 @@ impl Node {
             .map_err(|_| Error::Stopped)
     }
 
+    /// Makes the membership record this member's name and client URLs, as
+    /// etcd's members publish theirs: founders only know each other's peer
+    /// URLs, and `member add` knows only those. Retries until it is done or
+    /// `stop` fires.
+    pub async fn publish(self: Arc<Self>, stop: CancellationToken) {
+        let me = self.identity.member_id;
+        let mine = self.config.member_info();
+        let mut metrics = self.raft.metrics();
+        loop {
+            let recorded = metrics
+                .borrow_and_update()
+                .membership_config
+                .membership()
+                .get_node(&me)
+                .cloned();
+            if recorded.as_ref() == Some(&mine) {
+                return;
+            }
+            if recorded.is_some() {
+                match self.set_member_info(me, mine.clone()).await {
+                    Ok(()) => tracing::info!("published this member's attributes"),
+                    Err(error) => {
+                        tracing::debug!(%error, "publishing this member's attributes failed; will retry")
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(self.config.election_timeout) => {}
+            }
+        }
+    }
+
+    /// Records `info` for member `id`, through the leader.
+    pub async fn set_member_info(&self, id: u64, info: MemberInfo) -> Result<()> {
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(id, info.clone())]));
+        match self.membership(self.raft.change_membership(change, true).await) {
+            Err(Error::NotLeader {
+                leader: Some((leader, member)),
+            }) => {
+                let mut client = self
+                    .peers
+                    .client(leader, &member)
+                    .map_err(|_| Error::NoLeader)?;
+                let request = pb::PublishRequest {
+                    member_id: id,
+                    member: Some(pb::Member {
+                        name: info.name,
+                        peer_urls: info.peer_urls,
+                        client_urls: info.client_urls,
+                    }),
+                };
+                client.publish(request).await.map_err(|s| Error::Remote {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                })?;
+                Ok(())
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// The leader's client URL, for requests only the leader serves.
+    pub fn leader_client_url(&self) -> Option<String> {
+        let leader = self.leader();
+        self.members()
+            .into_iter()
+            .find(|(id, _, _)| *id == leader)
+            .and_then(|(_, info, _)| info.client_urls.first().cloned())
+    }
+
     /// Stops Raft; the store is closed when the last handle goes.
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {

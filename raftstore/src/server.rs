@@ -57,6 +57,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
 
     tasks.spawn(node.clone().follow_leadership(shutdown.clone()));
+    tasks.spawn(node.clone().publish(shutdown.clone()));
     tasks.spawn(every(LEASE_EXPIRY_CHECK, shutdown.clone(), {
         let node = node.clone();
         move || {

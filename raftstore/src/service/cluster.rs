@@ -1,16 +1,20 @@
 //! The Cluster service: the members, and changes to them through Raft.
 //!
 //! Membership changes are made by the leader; a member that does not lead
-//! answers `etcdserver: not leader`. A new member is added as a learner and,
-//! unless asked to stay one, made a voter right away (etcd's `member add`).
+//! passes the request on to the leader's client URL (and answers
+//! `etcdserver: not leader` if it knows of none). A new member is added as a
+//! learner and, unless asked to stay one, made a voter right away (etcd's
+//! `member add`).
 
 use std::sync::Arc;
 
 use keelson_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
-    MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
+    MemberUpdateRequest, MemberUpdateResponse, cluster_client::ClusterClient,
+    cluster_server::Cluster,
 };
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
@@ -39,6 +43,25 @@ impl ClusterService {
             .collect()
     }
 
+    /// The leader's Cluster service, when this member does not lead.
+    async fn leader(&self, error: crate::Error) -> Result<ClusterClient<Channel>, Status> {
+        let crate::Error::NotLeader { .. } = error else {
+            return Err(error.into());
+        };
+        let url = self
+            .node
+            .leader_client_url()
+            .ok_or_else(|| Status::from(error))?;
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| Status::unavailable(format!("etcdserver: leader URL: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("etcdserver: cannot reach the leader: {e}"))
+            })?;
+        Ok(ClusterClient::new(channel))
+    }
+
     fn header(&self) -> Option<keelson_proto::etcdserverpb::ResponseHeader> {
         // etcd's cluster responses carry no revision.
         Some(self.node.header(0))
@@ -59,10 +82,14 @@ impl Cluster for ClusterService {
                 "etcdserver: given member URLs are invalid",
             ));
         }
-        let id = self
+        let id = match self
             .node
             .add_member(request.peer_ur_ls.clone(), request.is_learner)
-            .await?;
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => return self.leader(error).await?.member_add(request).await,
+        };
         let members = self.members();
         let member = members
             .iter()
@@ -85,7 +112,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.node.remove_member(request.into_inner().id).await?;
+        let request = request.into_inner();
+        if let Err(error) = self.node.remove_member(request.id).await {
+            return self.leader(error).await?.member_remove(request).await;
+        }
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members(),
@@ -121,7 +151,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.node.promote_member(request.into_inner().id).await?;
+        let request = request.into_inner();
+        if let Err(error) = self.node.promote_member(request.id).await {
+            return self.leader(error).await?.member_promote(request).await;
+        }
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members(),

@@ -108,6 +108,23 @@ impl Raft for PeerService {
         }))
     }
 
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let request = request.into_inner();
+        let member = request
+            .member
+            .ok_or_else(|| Status::invalid_argument("no member"))?;
+        let info = crate::raft::MemberInfo {
+            name: member.name,
+            peer_urls: member.peer_urls,
+            client_urls: member.client_urls,
+        };
+        self.node.set_member_info(request.member_id, info).await?;
+        Ok(Response::new(pb::PublishResponse {}))
+    }
+
     async fn lease_time_to_live(
         &self,
         request: Request<LeaseTimeToLiveRequest>,
