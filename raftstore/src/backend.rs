@@ -84,13 +84,24 @@ impl Backend {
 
     /// Writes `batch` atomically and syncs the WAL before returning.
     pub(crate) fn commit(&self, batch: WriteBatch) -> Result<()> {
+        self.write(batch, true)
+    }
+
+    /// Writes `batch` atomically; with `sync`, the WAL is synced before
+    /// returning, otherwise the write is durable at the next sync.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         let started = Instant::now();
         self.db.write_opt(batch, &options)?;
         metrics::histogram!("etcd_disk_backend_commit_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Makes every earlier write durable (syncs the WAL).
+    pub(crate) fn sync(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
     }
 
     /// Visits the entries of `cf` from `from` on, in key order, until `visit` returns `false`.

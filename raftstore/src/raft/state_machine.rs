@@ -133,6 +133,9 @@ impl StateMachine {
     }
 
     fn build_blocking(&self) -> crate::Result<BuiltSnapshot> {
+        // The log will be purged behind this snapshot: what it covers must
+        // be durable in the store first (applies are not synced one by one).
+        self.store.sync()?;
         let mut data = Vec::new();
         let (_, meta) = self.store.snapshot_with_meta(
             SNAPSHOT_CHUNK_BYTES,

@@ -76,18 +76,33 @@ impl MvccStore {
         let Some(&(last_index, _)) = commands.last() else {
             return Ok(ApplyOutput::default());
         };
-        self.apply_logged(commands, last_index, &[])
+        self.apply_batch(commands, last_index, &[], true)
     }
 
     /// Like [`MvccStore::apply`], for a replicated log: `applied_index` is the
     /// last log entry this batch covers (entries without a command, such as
     /// membership changes, advance it too), and `meta` is written in the
     /// same batch (the log's own bookkeeping: last applied log ID, membership).
+    ///
+    /// The batch is not synced: the log that holds these commands is durable
+    /// already, and a crash replays them from the last durable applied entry.
+    /// Whoever relies on applied state outliving the log (a snapshot, before
+    /// the log is purged behind it) calls [`MvccStore::sync`] first.
     pub fn apply_logged(
         &self,
         commands: &[(u64, Command)],
         applied_index: u64,
         meta: &[(&'static str, Vec<u8>)],
+    ) -> Result<ApplyOutput> {
+        self.apply_batch(commands, applied_index, meta, false)
+    }
+
+    fn apply_batch(
+        &self,
+        commands: &[(u64, Command)],
+        applied_index: u64,
+        meta: &[(&'static str, Vec<u8>)],
+        sync: bool,
     ) -> Result<ApplyOutput> {
         let mut output = ApplyOutput::default();
         let last_index = applied_index;
@@ -130,7 +145,7 @@ impl MvccStore {
             }
             state.revision
         };
-        self.backend.commit(batch)?;
+        self.backend.write(batch, sync)?;
         self.applied_index
             .store(last_index, std::sync::atomic::Ordering::Release);
         self.published

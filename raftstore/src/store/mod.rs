@@ -8,11 +8,13 @@
 //! ```
 //!
 //! Writes arrive as [`Command`]s with their log index and are applied one
-//! batch at a time by a single applier ([`MvccStore::apply`]); the same
+//! batch at a time by a single applier (the Raft state machine); the same
 //! commands in the same order give the same store on every member. A batch's
-//! records, revision and applied index go to RocksDB in one synced write, and
+//! records, revision and applied index go to RocksDB in one atomic write, and
 //! only then does the store *publish* the new revision: readers never see a
-//! revision that is not durable.
+//! half-applied batch. Commands reach the store only once they are durable
+//! in the Raft log, so the store need not sync each batch; it syncs before a
+//! snapshot lets the log be purged ([`MvccStore::sync`]).
 //!
 //! Reads ([`MvccStore::range`]) resolve revisions in the in-memory index under
 //! a read lock, then fetch the values from RocksDB without holding it.
@@ -70,7 +72,7 @@ pub struct LeaseInfo {
 struct State {
     index: KeyIndex,
     /// The revision of the last applied write (may be ahead of the published one
-    /// while a batch is being made durable).
+    /// while a batch is being written).
     revision: i64,
     compacted: i64,
     leases: BTreeMap<i64, LeaseInfo>,
@@ -81,7 +83,7 @@ struct State {
 pub struct MvccStore {
     backend: Backend,
     state: RwLock<State>,
-    /// The newest durable revision; reads never go beyond it.
+    /// The newest fully applied revision; reads never go beyond it.
     published: AtomicI64,
     applied_index: AtomicU64,
     config: StoreConfig,
@@ -154,7 +156,12 @@ impl MvccStore {
         &self.backend
     }
 
-    /// The newest durable revision.
+    /// Makes every applied write durable.
+    pub fn sync(&self) -> Result<()> {
+        self.backend.sync()
+    }
+
+    /// The newest fully applied revision.
     pub fn revision(&self) -> i64 {
         self.published.load(Ordering::Acquire)
     }
