@@ -55,6 +55,9 @@ pub(crate) struct StoreBenchArgs {
     /// Watchers for watch-latency.
     #[arg(long, default_value_t = 8)]
     watchers: usize,
+    /// Run each workload for this many seconds instead of --total operations.
+    #[arg(long)]
+    duration: Option<f64>,
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -86,6 +89,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
             key_space: args.key_space,
             serializable: matches!(args.consistency, Consistency::S),
             watchers: args.watchers,
+            duration: args.duration.map(std::time::Duration::from_secs_f64),
         };
         println!("{}", run_bench(config).await?);
     }

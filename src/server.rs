@@ -62,7 +62,7 @@ pub(crate) struct ServerArgs {
     heartbeat_interval: u64,
     /// Time without a heartbeat before a follower campaigns, in milliseconds
     /// (randomised up to twice this).
-    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 250)]
     election_timeout: u64,
     /// Applied entries between two snapshots (the log is purged behind each).
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]

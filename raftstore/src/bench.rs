@@ -63,6 +63,8 @@ pub struct BenchConfig {
     pub serializable: bool,
     /// Watchers for [`Workload::WatchLatency`].
     pub watchers: usize,
+    /// Run for this long instead of `total` operations (closed-loop workloads).
+    pub duration: Option<Duration>,
 }
 
 /// Why a benchmark could not run.
@@ -95,6 +97,10 @@ pub struct Report {
     pub elapsed: Duration,
     /// Sorted latencies of the successful operations.
     latencies: Vec<Duration>,
+    /// The longest time without any operation completing (from the start,
+    /// between completions, to the end): how long a failover left clients
+    /// without service.
+    pub max_gap: Duration,
 }
 
 impl Report {
@@ -118,7 +124,7 @@ impl fmt::Display for Report {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{:<14} ops {:>8}  errors {:>5}  {:>10.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms  p999 {:>8.3} ms",
+            "{:<14} ops {:>8}  errors {:>5}  {:>10.1} ops/s  p50 {:>8.3} ms  p99 {:>8.3} ms  p999 {:>8.3} ms  max gap {:>8.1} ms",
             self.workload,
             self.ops,
             self.errors,
@@ -126,6 +132,7 @@ impl fmt::Display for Report {
             ms(self.quantile(0.5)),
             ms(self.quantile(0.99)),
             ms(self.quantile(0.999)),
+            ms(self.max_gap),
         )
     }
 }
@@ -211,10 +218,14 @@ async fn closed_loop(config: &BenchConfig, channels: &[Channel]) -> Report {
         let (config, next, value) = (config.clone(), next.clone(), value.clone());
         let mut kv = KvClient::new(channels[client % channels.len()].clone());
         callers.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let (mut latencies, mut completions, mut errors) = (Vec::new(), Vec::new(), 0usize);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= config.total {
+                let done = match config.duration {
+                    Some(duration) => started.elapsed() >= duration,
+                    None => i >= config.total,
+                };
+                if done {
                     break;
                 }
                 let key = key(&config, i);
@@ -241,18 +252,23 @@ async fn closed_loop(config: &BenchConfig, channels: &[Channel]) -> Report {
                     }
                 };
                 match outcome {
-                    Ok(()) => latencies.push(begun.elapsed()),
+                    Ok(()) => {
+                        latencies.push(begun.elapsed());
+                        completions.push(started.elapsed());
+                    }
                     Err(_) => errors += 1,
                 }
             }
-            (latencies, errors)
+            (latencies, completions, errors)
         }));
     }
-    let (mut latencies, mut errors) = (Vec::with_capacity(config.total), 0);
+    let (mut latencies, mut completions, mut errors) =
+        (Vec::with_capacity(config.total), Vec::new(), 0);
     for caller in callers {
         match caller.await {
-            Ok((mut l, e)) => {
+            Ok((mut l, mut c, e)) => {
                 latencies.append(&mut l);
+                completions.append(&mut c);
                 errors += e;
             }
             Err(_) => errors += 1,
@@ -260,13 +276,31 @@ async fn closed_loop(config: &BenchConfig, channels: &[Channel]) -> Report {
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
+    let ops = latencies.len() + errors;
     Report {
         workload: config.workload,
-        ops: config.total,
+        ops,
         errors,
         elapsed,
         latencies,
+        max_gap: max_gap(completions, elapsed),
     }
+}
+
+/// The longest stretch of `0..end` with no completion in it.
+fn max_gap(mut completions: Vec<Duration>, end: Duration) -> Duration {
+    completions.sort_unstable();
+    completions.push(end);
+    let mut previous = Duration::ZERO;
+    completions
+        .into_iter()
+        .map(|at| {
+            let gap = at.saturating_sub(previous);
+            previous = at;
+            gap
+        })
+        .max()
+        .unwrap_or(end)
 }
 
 /// A txn that puts `key` if it exists or not (version >= 0 always holds).
@@ -371,5 +405,7 @@ async fn watch_latency(config: &BenchConfig, channels: &[Channel]) -> Result<Rep
         errors,
         elapsed,
         latencies,
+        // Puts go one at a time here: gaps would only restate latency.
+        max_gap: Duration::ZERO,
     })
 }

@@ -55,6 +55,10 @@ pub enum Error {
     },
     #[error("no leader is known")]
     NoLeader,
+    #[error("the leader {leader:x} cannot be reached")]
+    LeaderUnreachable { leader: u64 },
+    #[error("the leader went away while handling the request")]
+    LeaderChanged,
     #[error("the request timed out waiting for the cluster")]
     Timeout,
     #[error("the leader answered {code}: {message}")]
@@ -140,6 +144,9 @@ impl Error {
             Error::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
             Error::NotLeader { .. } => (Code::FailedPrecondition, "etcdserver: not leader"),
             Error::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
+            Error::LeaderUnreachable { .. } | Error::LeaderChanged => {
+                (Code::Unavailable, "etcdserver: leader changed")
+            }
             Error::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
             Error::Remote { code, message } => {
                 return Status::new(Code::from_i32(*code), message.clone());

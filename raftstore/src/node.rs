@@ -89,7 +89,7 @@ impl Default for MemberConfig {
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(300),
+            election_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(5),
             max_request_bytes: 1536 * 1024,
             max_txn_ops: crate::validate::DEFAULT_MAX_TXN_OPS,
@@ -102,7 +102,10 @@ impl Default for MemberConfig {
 }
 
 impl MemberConfig {
-    /// The founding members with their IDs, this member included.
+    /// The founding members with their IDs, this member included, exactly as
+    /// every founder computes them from the same flags: each founder proposes
+    /// this membership as the first log entry, and the entries must be equal.
+    /// Client URLs are not in the flags; members publish them once joined.
     fn founders(&self) -> BTreeMap<u64, MemberInfo> {
         let mut founders = BTreeMap::new();
         for (name, url) in &self.initial_cluster {
@@ -116,7 +119,10 @@ impl MemberConfig {
                 info,
             );
         }
-        let me = self.member_info();
+        let me = MemberInfo {
+            client_urls: Vec::new(),
+            ..self.member_info()
+        };
         founders.insert(member_id(&me.peer_urls, &self.initial_cluster_token), me);
         founders
     }
@@ -280,11 +286,17 @@ impl Node {
         loop {
             let (is_leader, current_leader, is_member) = {
                 let m = metrics.borrow_and_update();
-                let is_member = m
-                    .membership_config
-                    .membership()
-                    .nodes()
-                    .any(|(id, _)| *id == self.identity.member_id);
+                let membership = m.membership_config.membership();
+                let me = self.identity.member_id;
+                // A member being removed sees the joint configuration whose
+                // target leaves it out, and never the final one: the leader
+                // stops replicating to it as soon as it appends that.
+                let leaving = membership.get_joint_config().len() > 1
+                    && membership
+                        .get_joint_config()
+                        .last()
+                        .is_some_and(|target| !target.contains(&me));
+                let is_member = !leaving && membership.nodes().any(|(id, _)| *id == me);
                 (m.state == ServerState::Leader, m.current_leader, is_member)
             };
             if is_leader != was_leader {
@@ -306,7 +318,8 @@ impl Node {
             metrics::gauge!("etcd_server_is_leader").set(f64::from(u8::from(is_leader)));
             metrics::gauge!("etcd_server_has_leader")
                 .set(f64::from(u8::from(current_leader.is_some())));
-            if was_member && !is_member {
+            // A leader removing itself finishes the change (and steps down) first.
+            if was_member && !is_member && !is_leader {
                 tracing::warn!("this member was removed from the cluster; stopping");
                 stop.cancel();
             }
@@ -497,7 +510,14 @@ impl Node {
                     Err(Error::NotLeader {
                         leader: Some((id, member)),
                     }) => {
-                        return self.forward(id, &member, command).await;
+                        match self.forward(id, &member, command.clone()).await {
+                            // The leader is gone: wait for the next one, as etcd's
+                            // proposals wait, rather than fail at once.
+                            Err(Error::LeaderUnreachable { leader }) => {
+                                self.wait_for_leader_change(leader, deadline).await?
+                            }
+                            outcome => return outcome,
+                        }
                     }
                     Err(Error::NotLeader { leader: None }) => {
                         self.wait_for_leader(deadline).await?
@@ -537,18 +557,43 @@ impl Node {
         let mut client = self
             .peers
             .client(leader, member)
-            .map_err(|_| Error::Timeout)?;
+            .map_err(|_| Error::LeaderUnreachable { leader })?;
         let response = client
             .forward(pb::ForwardRequest {
                 command: Some(command),
             })
             .await
-            .map_err(|status| Error::Remote {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
+            .map_err(|status| {
+                // The leader's own refusals are etcd errors; anything else
+                // failed on the way there. Only a write that never left may be
+                // sent again: one cut off mid-way may have been applied.
+                let ours = status.message().starts_with("etcdserver:");
+                if !ours && status.message().contains("connect") {
+                    Error::LeaderUnreachable { leader }
+                } else if !ours {
+                    Error::LeaderChanged
+                } else {
+                    Error::Remote {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                }
             })?
             .into_inner();
         forwarded(response)
+    }
+
+    async fn wait_for_leader_change(&self, old: u64, deadline: Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.current_leader.is_some_and(|id| id != old),
+                "a new leader",
+            )
+            .await
+            .map(drop)
+            .map_err(|_| Error::NoLeader)
     }
 
     async fn wait_for_leader(&self, deadline: Instant) -> Result<()> {

@@ -45,6 +45,7 @@ async fn health_metrics_and_a_benchmark_run() {
             key_space: 50,
             serializable: false,
             watchers: 2,
+            duration: None,
         })
         .await
         .unwrap();

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub(crate) mod cluster;
+
 /// Names the etcd binary to test against instead of Keelson.
 const ETCD_ENV: &str = "KEELSON_TEST_AGAINST_ETCD";
 /// How long a server may take to come up.
