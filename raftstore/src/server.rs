@@ -57,7 +57,6 @@ pub async fn run(
     let tasks = TaskTracker::new();
 
     tasks.spawn(node.clone().follow_leadership(shutdown.clone()));
-    tasks.spawn(node.clone().publish(shutdown.clone()));
     tasks.spawn(every(LEASE_EXPIRY_CHECK, shutdown.clone(), {
         let node = node.clone();
         move || {
@@ -123,6 +122,9 @@ pub async fn run(
         joined = node.joined() => joined?,
         () = shutdown.cancelled() => {}
     }
+    // ... and has published its name and client URLs (so `member list`
+    // shows them), as etcd's members do before they are ready.
+    node.clone().publish(shutdown.clone()).await;
     let address = listeners
         .client
         .local_addr()
