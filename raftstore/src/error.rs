@@ -94,6 +94,14 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A status another member answered with, to be passed on as it is.
+    pub fn remote(status: Status) -> Self {
+        Error::Remote {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        }
+    }
+
     /// The gRPC status etcd returns for this error, with etcd's exact message.
     pub fn to_status(&self) -> Status {
         let (code, message) = match self {

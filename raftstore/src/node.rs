@@ -404,10 +404,7 @@ impl Node {
                         client_urls: info.client_urls,
                     }),
                 };
-                client.publish(request).await.map_err(|s| Error::Remote {
-                    code: s.code() as i32,
-                    message: s.message().to_owned(),
-                })?;
+                client.publish(request).await.map_err(Error::remote)?;
                 Ok(())
             }
             outcome => outcome,
@@ -573,10 +570,7 @@ impl Node {
                 } else if !ours {
                     Error::LeaderChanged
                 } else {
-                    Error::Remote {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }
+                    Error::remote(status)
                 }
             })?
             .into_inner();
@@ -625,10 +619,7 @@ impl Node {
                                 let index = client
                                     .read_index(pb::ReadIndexRequest {})
                                     .await
-                                    .map_err(|s| Error::Remote {
-                                        code: s.code() as i32,
-                                        message: s.message().to_owned(),
-                                    })?
+                                    .map_err(Error::remote)?
                                     .into_inner()
                                     .index;
                                 let left = deadline.saturating_duration_since(Instant::now());
@@ -720,10 +711,7 @@ impl Node {
                 let response = client
                     .lease_keep_alive(LeaseKeepAliveRequest { id })
                     .await
-                    .map_err(|s| Error::Remote {
-                        code: s.code() as i32,
-                        message: s.message().to_owned(),
-                    })?;
+                    .map_err(Error::remote)?;
                 Ok(response.into_inner().ttl)
             }
         }
@@ -744,10 +732,7 @@ impl Node {
                 let response = client
                     .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
                     .await
-                    .map_err(|s| Error::Remote {
-                        code: s.code() as i32,
-                        message: s.message().to_owned(),
-                    })?;
+                    .map_err(Error::remote)?;
                 let ttl = response.into_inner().ttl;
                 Ok((ttl >= 0).then_some(ttl))
             }

@@ -134,7 +134,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(GrpcMetricsLayer)
-        .layer(crate::service::OversizeLayer)
+        .layer(crate::service::oversize_layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Small responses must not wait for Nagle's algorithm.

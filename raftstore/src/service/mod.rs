@@ -24,7 +24,7 @@ use tonic::Status;
 use tonic::service::Routes;
 
 pub use self::maintenance::ETCD_VERSION;
-pub use self::oversize::OversizeLayer;
+pub use self::oversize::{OversizeLayer, oversize_layer};
 use crate::node::Node;
 use crate::store::CommandResponse;
 

@@ -7,54 +7,24 @@
 //! refusal — which arrives "trailers-only", in the response headers — into
 //! etcd's. Nothing else is touched.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tonic::codegen::http::{self, HeaderValue};
 
 /// tonic's message: "Error, decoded message length too large: found N bytes, the limit is: M bytes".
 const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 
+/// The response body of the gRPC routes.
+type Body = tonic::body::Body;
+
 /// A tower layer applying [`rewrite`] to every response.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OversizeLayer;
+pub type OversizeLayer =
+    tower::util::MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>;
 
-impl<S> tower::Layer<S> for OversizeLayer {
-    type Service = Oversize<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Oversize { inner }
-    }
-}
-
-/// The service [`OversizeLayer`] wraps around the gRPC routes.
-#[derive(Clone, Debug)]
-pub struct Oversize<S> {
-    inner: S,
-}
-
-impl<S, B, R> tower::Service<http::Request<B>> for Oversize<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            rewrite(response.headers_mut());
-            Ok(response)
-        })
-    }
+/// The layer for the client gRPC server.
+pub fn oversize_layer() -> OversizeLayer {
+    tower::util::MapResponseLayer::new(|mut response: http::Response<Body>| {
+        rewrite(response.headers_mut());
+        response
+    })
 }
 
 /// Rewrites tonic's over-the-limit status in `headers` into gRPC-Go's.
