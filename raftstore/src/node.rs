@@ -25,7 +25,7 @@ use keelson_proto::etcdserverpb::{
     ResponseHeader,
 };
 use keelson_proto::keelsonpb::{self as pb, Command, MemberRecord, command::Op};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::hub::WatchHub;
 use crate::lessor::Lessor;
 use crate::raft::network::{Network, Peers};
+use crate::raft::read_index::{ReadIndexBatcher, ReadIndexFailure};
 use crate::raft::{LogStore, MemberInfo, StateMachine, TypeConfig};
 use crate::store::{CommandResponse, MvccStore, StoreConfig};
 use crate::validate::MAX_LEASE_TTL;
@@ -151,6 +152,7 @@ pub struct Node {
     hub: Arc<WatchHub>,
     lessor: Arc<Mutex<Lessor>>,
     raft: Raft<TypeConfig>,
+    reads: Arc<ReadIndexBatcher>,
     peers: Peers,
     ids: IdGenerator,
 }
@@ -233,6 +235,7 @@ impl Node {
             store,
             hub,
             lessor,
+            reads: ReadIndexBatcher::new(raft.clone()),
             raft,
             peers,
             ids,
@@ -607,40 +610,31 @@ impl Node {
         let deadline = Instant::now() + self.config.request_timeout;
         tokio::time::timeout_at(deadline, async {
             loop {
-                match self.raft.ensure_linearizable().await {
+                match self.read_index().await {
                     Ok(_) => return Ok(()),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
-                        match not_leader(to) {
-                            Error::NotLeader {
-                                leader: Some((id, member)),
-                            } => {
-                                let mut client =
-                                    self.peers.client(id, &member).map_err(|_| Error::Timeout)?;
-                                let index = client
-                                    .read_index(pb::ReadIndexRequest {})
-                                    .await
-                                    .map_err(Error::remote)?
-                                    .into_inner()
-                                    .index;
-                                let left = deadline.saturating_duration_since(Instant::now());
-                                self.raft
-                                    .wait(Some(left))
-                                    .applied_index_at_least(Some(index), "read index")
-                                    .await
-                                    .map_err(|_| Error::Timeout)?;
-                                return Ok(());
-                            }
-                            _ => self.wait_for_leader(deadline).await?,
-                        }
+                    Err(Error::NotLeader {
+                        leader: Some((id, member)),
+                    }) => {
+                        let mut client =
+                            self.peers.client(id, &member).map_err(|_| Error::Timeout)?;
+                        let index = client
+                            .read_index(pb::ReadIndexRequest {})
+                            .await
+                            .map_err(Error::remote)?
+                            .into_inner()
+                            .index;
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        self.raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "read index")
+                            .await
+                            .map_err(|_| Error::Timeout)?;
+                        return Ok(());
                     }
-                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                        return Err(Error::Timeout);
+                    Err(Error::NotLeader { leader: None }) => {
+                        self.wait_for_leader(deadline).await?
                     }
-                    Err(RaftError::Fatal(source)) => {
-                        return Err(Error::RaftFatal {
-                            source: Box::new(source),
-                        });
-                    }
+                    Err(error) => return Err(error),
                 }
             }
         })
@@ -648,18 +642,18 @@ impl Node {
         .map_err(|_| Error::Timeout)?
     }
 
-    /// The leader's read index, for a follower's linearizable read.
+    /// The leader's read index (confirmed with a quorum, batched with
+    /// concurrent reads), once applied here; for reads on the leader and for
+    /// followers that ask.
     pub async fn read_index(&self) -> Result<u64> {
-        match self.raft.ensure_linearizable().await {
-            Ok(id) => Ok(id.map_or(0, |id| id.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to))) => {
-                Err(not_leader(to))
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Error::Timeout),
-            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
-                source: Box::new(source),
-            }),
-        }
+        self.reads
+            .read_index()
+            .await
+            .map_err(|failure| match failure {
+                ReadIndexFailure::NotLeader(leader) => Error::NotLeader { leader },
+                ReadIndexFailure::NoQuorum => Error::Timeout,
+                ReadIndexFailure::Stopped => Error::Stopped,
+            })
     }
 
     /// Grants a lease: checks the TTL, picks an ID if the client left it to
