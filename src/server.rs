@@ -161,6 +161,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("etcd_disk_wal_fsync_duration_seconds".into()),
             &disk,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full("etcd_network_peer_round_trip_time_seconds".into()),
+            &disk,
+        )?
         .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &rpc)?
         .install_recorder()
         .context("cannot install the metrics recorder")

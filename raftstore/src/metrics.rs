@@ -41,6 +41,15 @@ pub fn describe() {
         "etcd_server_proposals_committed_total",
         "Consensus proposals committed."
     );
+    describe_gauge!(
+        "etcd_server_proposals_pending",
+        "Proposals waiting to be committed."
+    );
+    describe_histogram!(
+        "etcd_network_peer_round_trip_time_seconds",
+        Unit::Seconds,
+        "Round trip of Raft appends to each peer."
+    );
     describe_counter!(
         "etcd_server_proposals_applied_total",
         "Consensus proposals applied."

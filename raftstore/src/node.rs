@@ -504,6 +504,9 @@ impl Node {
             });
         }
         let deadline = Instant::now() + self.config.request_timeout;
+        let pending = metrics::gauge!("etcd_server_proposals_pending");
+        pending.increment(1.0);
+        let _done = decrement_on_drop(pending);
         tokio::time::timeout_at(deadline, async {
             loop {
                 match self.write(command.clone()).await {
@@ -826,6 +829,17 @@ impl Node {
             }),
         }
     }
+}
+
+/// Decrements `gauge` when dropped, however the proposal ends.
+fn decrement_on_drop(gauge: metrics::Gauge) -> impl Drop {
+    struct Decrement(metrics::Gauge);
+    impl Drop for Decrement {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    Decrement(gauge)
 }
 
 fn not_leader(to: ForwardToLeader<u64, MemberInfo>) -> Error {

@@ -64,6 +64,12 @@ async fn health_metrics_and_a_benchmark_run() {
         r#"grpc_code="OK""#,
         "grpc_server_handling_seconds",
         "etcd_debugging_mvcc_watcher_total",
+        // Raft, for a cluster of one.
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_proposals_pending",
+        "etcd_disk_wal_fsync_duration_seconds",
         // Store gauges are set when the member starts.
         "etcd_mvcc_db_total_size_in_bytes",
         "etcd_debugging_mvcc_keys_total",

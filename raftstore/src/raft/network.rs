@@ -130,11 +130,16 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
         let request = with_deadline(codec::append_entries(&rpc), &option);
+        let sent = std::time::Instant::now();
         let response = self
             .client()?
             .append_entries(request)
             .await
             .map_err(transport_error)?;
+        // etcd measures its peers' round trip with probes; an append (a
+        // heartbeat, most often) is the same round trip here.
+        metrics::histogram!("etcd_network_peer_round_trip_time_seconds", "To" => format!("{:x}", self.target))
+            .record(sent.elapsed().as_secs_f64());
         codec::from_append_entries_response(response.into_inner()).map_err(malformed)
     }
 
