@@ -362,6 +362,10 @@ impl Node {
         let me = self.identity.member_id;
         let mine = self.config.member_info();
         let mut metrics = self.raft.metrics();
+        // Attempts back off: until the first membership is committed, every
+        // change is refused, and each refusal costs the leader a log line.
+        let mut backoff = self.config.heartbeat_interval;
+        let mut next_attempt = Instant::now();
         loop {
             let recorded = metrics
                 .borrow_and_update()
@@ -372,18 +376,20 @@ impl Node {
             if recorded.as_ref() == Some(&mine) {
                 return;
             }
-            if recorded.is_some() {
+            if recorded.is_some() && Instant::now() >= next_attempt {
                 match self.set_member_info(me, mine.clone()).await {
                     Ok(()) => tracing::info!("published this member's attributes"),
                     Err(error) => {
                         tracing::debug!(%error, "publishing this member's attributes failed; will retry")
                     }
                 }
+                next_attempt = Instant::now() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 changed = metrics.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(self.config.election_timeout) => {}
+                () = tokio::time::sleep_until(next_attempt) => {}
             }
         }
     }
