@@ -25,15 +25,29 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// The Raft log of one member. Cheap to clone: clones share the database.
+/// The Raft log of one member. Cheap to clone: clones share the database
+/// and the syncer.
 #[derive(Clone, Debug)]
 pub struct LogStore {
     store: Arc<MvccStore>,
+    /// Appends waiting for the next sync.
+    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
+    /// The log in `store`'s database, with its syncer thread (which ends
+    /// when the last clone is dropped).
     pub fn new(store: Arc<MvccStore>) -> Self {
-        Self { store }
+        let (syncer, pending) = std::sync::mpsc::channel();
+        let database = store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keelson-log-sync".into())
+            .spawn(move || sync_appends(&database, &pending));
+        if let Err(error) = spawned {
+            // Appends will report the failure through their callbacks.
+            tracing::error!(%error, "cannot start the Raft log syncer");
+        }
+        Self { store, syncer }
     }
 
     fn encode_entry(entry: &Entry) -> Vec<u8> {
@@ -165,9 +179,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(id) => batch.put_cf(cf, COMMITTED, codec::log_id(&id).encode_to_vec()),
             None => batch.delete_cf(cf, COMMITTED),
         }
-        // Losing the committed index is safe (it is re-learned from the leader): no sync needed,
-        // but batches are always synced here.
-        self.commit(batch).await.map_err(|e| err::write_logs(&e))
+        // Losing the committed index is safe (it is learned again from the
+        // leader), so it is not synced: the next sync makes it durable.
+        self.store
+            .backend()
+            .write(batch, false)
+            .map_err(|e| err::write_logs(&e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError> {
@@ -192,13 +209,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Self::encode_entry(&entry),
             );
         }
-        let started = std::time::Instant::now();
-        let outcome = self.commit(batch).await;
-        metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        match outcome {
+        // Written now (readable at once), durable at the syncer's next sync,
+        // which then tells openraft: appends made meanwhile share one fsync.
+        match self.store.backend().write(batch, false) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.syncer.send(callback) {
+                    let io = std::io::Error::other("the Raft log syncer stopped");
+                    unsent.0.log_io_completed(Err(io));
+                }
                 Ok(())
             }
             Err(error) => {
@@ -234,5 +252,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index.saturating_add(1)),
         );
         self.commit(batch).await.map_err(|e| err::write_logs(&e))
+    }
+}
+
+/// Group commit for appends: each sync makes every append written before it
+/// durable, then acknowledges them all.
+fn sync_appends(store: &MvccStore, pending: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        let started = std::time::Instant::now();
+        let outcome = store.sync();
+        metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        for callback in waiting {
+            let result = outcome
+                .as_ref()
+                .map(drop)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        }
     }
 }
