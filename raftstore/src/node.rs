@@ -545,15 +545,7 @@ impl Node {
             Ok(written) => written.data.0.ok_or(Error::MalformedCommand {
                 index: written.log_id.index,
             })?,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Err(not_leader(to)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(source))) => {
-                Err(Error::Membership {
-                    reason: source.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
-                source: Box::new(source),
-            }),
+            Err(error) => Err(write_error(error)),
         }
     }
 
@@ -822,18 +814,7 @@ impl Node {
         &self,
         outcome: std::result::Result<T, RaftError<u64, ClientWriteError<u64, MemberInfo>>>,
     ) -> Result<()> {
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => Err(not_leader(to)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(source))) => {
-                Err(Error::Membership {
-                    reason: source.to_string(),
-                })
-            }
-            Err(RaftError::Fatal(source)) => Err(Error::RaftFatal {
-                source: Box::new(source),
-            }),
-        }
+        outcome.map(drop).map_err(write_error)
     }
 }
 
@@ -846,6 +827,19 @@ fn decrement_on_drop(gauge: metrics::Gauge) -> impl Drop {
         }
     }
     Decrement(gauge)
+}
+
+/// What a refused write (or membership change) means for the client.
+fn write_error(error: RaftError<u64, ClientWriteError<u64, MemberInfo>>) -> Error {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => not_leader(to),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(source)) => Error::Membership {
+            reason: source.to_string(),
+        },
+        RaftError::Fatal(source) => Error::RaftFatal {
+            source: Box::new(source),
+        },
+    }
 }
 
 fn not_leader(to: ForwardToLeader<u64, MemberInfo>) -> Error {
