@@ -281,3 +281,61 @@ async fn without_a_quorum_writes_fail_with_etcds_errors_then_recover() {
         Some("v3")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_gives_every_lease_a_full_ttl() {
+    use keelson_proto::etcdserverpb::{
+        LeaseGrantRequest, LeaseTimeToLiveRequest, lease_client::LeaseClient,
+    };
+
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.leader(&[0, 1, 2]).await;
+    let follower = (old + 1) % 3;
+    let mut leases = LeaseClient::new(cluster.channel(follower));
+    let id = leases
+        .lease_grant(LeaseGrantRequest { ttl: 6, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let put = PutRequest {
+        key: b"session".to_vec(),
+        value: b"alive".to_vec(),
+        lease: id,
+        ..Default::default()
+    };
+    KvClient::new(cluster.channel(follower))
+        .put(put)
+        .await
+        .unwrap();
+
+    let remaining = |leases: LeaseClient<Channel>| async move {
+        let mut leases = leases;
+        let asked = leases
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+            .await;
+        asked.map(|r| r.into_inner().ttl).unwrap_or(-1)
+    };
+    // Let the lease run down without keep-alives (time passes; nothing is faked).
+    let run_down = async {
+        while !(0..=3).contains(&remaining(leases.clone()).await) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, run_down)
+        .await
+        .expect("the lease runs down");
+
+    cluster.down(old).await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = cluster.leader(&survivors).await;
+    let ttl = remaining(LeaseClient::new(cluster.channel(new))).await;
+    assert!(
+        ttl >= 5,
+        "the new leader restarts the lease's full TTL, got {ttl}"
+    );
+    assert_eq!(
+        cluster.get(new, "session", false).await.unwrap().as_deref(),
+        Some("alive")
+    );
+}
