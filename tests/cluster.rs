@@ -409,6 +409,34 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
     // Through a follower, which passes the change on to the leader.
     let follower = (leader + 1) % FOUNDERS;
 
+    // Enough writes for snapshots (--snapshot-count 100) and a log purged
+    // behind them: the new member can only catch up by installing one.
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args([
+            "bench",
+            "store",
+            "put",
+            "--endpoints",
+            &cluster.member(leader).endpoint(),
+        ])
+        .args([
+            "--total",
+            "400",
+            "--clients",
+            "4",
+            "--conns",
+            "1",
+            "--key-space",
+            "50",
+        ])
+        .output()
+        .expect("run keelson bench");
+    assert!(
+        bench.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+
     let new = cluster.reserve("m3");
     let peer_url = cluster.member(new).peer_url();
     let added = cluster.member(follower).etcdctl_ok(&[
@@ -447,6 +475,10 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
     wait_for_member_list(&cluster, &expected);
 
     cluster.join(new);
+    assert!(
+        cluster.member(new).logged("snapshot installed"),
+        "m3 caught up without a snapshot"
+    );
     assert_eq!(hex_id(cluster.member(new)), id, "m3's ID");
     expected.pop();
     expected.push(member_line(cluster.member(new), &id, true));

@@ -207,6 +207,11 @@ impl Member {
         );
     }
 
+    /// Whether the member has logged a line containing `text`.
+    pub(crate) fn logged(&self, text: &str) -> bool {
+        self.log.contents().contains(text)
+    }
+
     /// Kills the member with SIGKILL, as a crash would, and reaps it. Its data
     /// directory and ports stay for [`Member::restart`].
     pub(crate) fn kill(&mut self) {
