@@ -446,7 +446,13 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
         "--learner",
         &format!("--peer-urls={peer_url}"),
     ]);
-    let words: Vec<&str> = added.lines().next().unwrap_or("").split(' ').collect();
+    // etcdctl prints the ID with %16x: IDs under 16 hex digits are space-padded.
+    let words: Vec<&str> = added
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let ["Member", id, "added", "to", "cluster", cluster_id] = words[..] else {
         panic!("member add printed {added:?}");
     };
