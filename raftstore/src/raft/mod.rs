@@ -4,7 +4,7 @@
 //!  client write ─► leader: Raft::client_write ─► log (RocksDB, synced) ─► peers
 //!                                                  │ committed
 //!                                                  ▼
-//!                       every member: StateMachine::apply ─► MvccStore::apply_logged
+//!                       every member: StateMachine::apply ─► MvccStore::apply
 //! ```
 //!
 //! - [`codec`]: openraft's types to and from the `keelsonpb` protobufs, for

@@ -1,6 +1,6 @@
 //! The MVCC store as openraft's state machine.
 //!
-//! Committed entries are applied in one [`MvccStore::apply_logged`] batch per
+//! Committed entries are applied in one [`MvccStore::apply`] batch per
 //! call, with the last applied log ID and the latest membership written in
 //! the same synced RocksDB batch, so what the store holds and what openraft
 //! believes was applied never disagree after a crash. Snapshots are the
@@ -100,7 +100,7 @@ impl StateMachine {
                 EntryPayload::Blank => {}
             }
         }
-        let output = self.store.apply_logged(&commands, last.index, &meta)?;
+        let output = self.store.apply(&commands, &meta)?;
         metrics::counter!("etcd_server_proposals_committed_total").increment(entries.len() as u64);
         metrics::counter!("etcd_server_proposals_applied_total").increment(entries.len() as u64);
         let failed = output

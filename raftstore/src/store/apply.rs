@@ -23,9 +23,7 @@ use keelson_proto::mvccpb::{Event, KeyValue, event::EventType};
 use prost::Message;
 use rocksdb::WriteBatch;
 
-use super::{
-    LeaseInfo, META_APPLIED_INDEX, META_COMPACTED, META_REVISION, MvccStore, Record, State, range,
-};
+use super::{LeaseInfo, META_COMPACTED, META_REVISION, MvccStore, Record, State, range};
 use crate::backend::{Backend, CF_KV, CF_LEASE, CF_META};
 use crate::error::{Error, Result};
 use crate::index::KeyRange;
@@ -67,45 +65,24 @@ pub struct ApplyOutput {
 }
 
 impl MvccStore {
-    /// Applies `commands` (log index, command) in order and makes the result
-    /// durable in one synced write before publishing the new revision.
+    /// Applies `commands` (log index, command) in order, writing the result
+    /// and `meta` (the log's own bookkeeping: last applied log ID,
+    /// membership) in one atomic batch, then publishes the new revision.
+    ///
+    /// The batch is not synced: the log that holds these commands is durable
+    /// already, and a crash replays them from the last applied entry that
+    /// reached the disk. Whoever relies on applied state outliving the log (a
+    /// snapshot, before the log is purged behind it) calls
+    /// [`MvccStore::sync`] first.
     ///
     /// A command's own failure (etcd's request errors) is its response; an
     /// `Err` here means storage failed and the member must stop.
-    pub fn apply(&self, commands: &[(u64, Command)]) -> Result<ApplyOutput> {
-        let Some(&(last_index, _)) = commands.last() else {
-            return Ok(ApplyOutput::default());
-        };
-        self.apply_batch(commands, last_index, &[], true)
-    }
-
-    /// Like [`MvccStore::apply`], for a replicated log: `applied_index` is the
-    /// last log entry this batch covers (entries without a command, such as
-    /// membership changes, advance it too), and `meta` is written in the
-    /// same batch (the log's own bookkeeping: last applied log ID, membership).
-    ///
-    /// The batch is not synced: the log that holds these commands is durable
-    /// already, and a crash replays them from the last durable applied entry.
-    /// Whoever relies on applied state outliving the log (a snapshot, before
-    /// the log is purged behind it) calls [`MvccStore::sync`] first.
-    pub fn apply_logged(
+    pub fn apply(
         &self,
         commands: &[(u64, Command)],
-        applied_index: u64,
         meta: &[(&'static str, Vec<u8>)],
-    ) -> Result<ApplyOutput> {
-        self.apply_batch(commands, applied_index, meta, false)
-    }
-
-    fn apply_batch(
-        &self,
-        commands: &[(u64, Command)],
-        applied_index: u64,
-        meta: &[(&'static str, Vec<u8>)],
-        sync: bool,
     ) -> Result<ApplyOutput> {
         let mut output = ApplyOutput::default();
-        let last_index = applied_index;
         let mut batch = WriteBatch::default();
         let revision = {
             let mut state = self.write();
@@ -136,7 +113,6 @@ impl MvccStore {
             }
             let cf = self.backend.cf(CF_META);
             batch.put_cf(cf, META_REVISION, state.revision.to_be_bytes());
-            batch.put_cf(cf, META_APPLIED_INDEX, (last_index as i64).to_be_bytes());
             if state.compacted != compacted {
                 batch.put_cf(cf, META_COMPACTED, state.compacted.to_be_bytes());
             }
@@ -145,9 +121,7 @@ impl MvccStore {
             }
             state.revision
         };
-        self.backend.write(batch, sync)?;
-        self.applied_index
-            .store(last_index, std::sync::atomic::Ordering::Release);
+        self.backend.write(batch, false)?;
         self.published
             .store(revision, std::sync::atomic::Ordering::Release);
         Ok(output)

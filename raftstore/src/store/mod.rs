@@ -27,7 +27,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keelson_proto::etcdserverpb::{RangeRequest, RangeResponse};
@@ -44,7 +44,6 @@ use crate::revision::Revision;
 
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACTED: &str = "compacted_revision";
-pub(crate) const META_APPLIED_INDEX: &str = "applied_index";
 
 /// Settings every member must share, because applying commands depends on them.
 #[derive(Clone, Debug)]
@@ -85,7 +84,6 @@ pub struct MvccStore {
     state: RwLock<State>,
     /// The newest fully applied revision; reads never go beyond it.
     published: AtomicI64,
-    applied_index: AtomicU64,
     config: StoreConfig,
 }
 
@@ -94,13 +92,12 @@ impl MvccStore {
     /// from what is on disk.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Self> {
         let backend = Backend::open(dir)?;
-        let (state, applied_index) = load(&backend)?;
+        let state = load(&backend)?;
         let revision = state.revision;
         Ok(Self {
             backend,
             state: RwLock::new(state),
             published: AtomicI64::new(revision),
-            applied_index: AtomicU64::new(applied_index),
             config,
         })
     }
@@ -120,9 +117,8 @@ impl MvccStore {
         }
         let mut state = self.write();
         self.backend.commit(batch)?;
-        let (loaded, applied_index) = load(&self.backend)?;
+        let loaded = load(&self.backend)?;
         *state = loaded;
-        self.applied_index.store(applied_index, Ordering::Release);
         self.published.store(state.revision, Ordering::Release);
         Ok(state.revision)
     }
@@ -169,11 +165,6 @@ impl MvccStore {
     /// The revision of the last compaction (0: never compacted).
     pub fn compacted_revision(&self) -> i64 {
         self.read().compacted
-    }
-
-    /// The log index of the last applied command.
-    pub fn applied_index(&self) -> u64 {
-        self.applied_index.load(Ordering::Acquire)
     }
 
     /// Checks that `requested` (0: latest) can be read and returns the revision to read at.
@@ -335,10 +326,9 @@ impl MvccStore {
 }
 
 /// Rebuilds the in-memory state (index, leases, revisions) from disk.
-fn load(backend: &Backend) -> Result<(State, u64)> {
+fn load(backend: &Backend) -> Result<State> {
     let revision = backend.meta_i64(META_REVISION)?.unwrap_or(1);
     let compacted = backend.meta_i64(META_COMPACTED)?.unwrap_or(0);
-    let applied_index = backend.meta_i64(META_APPLIED_INDEX)?.unwrap_or(0) as u64;
 
     let mut index = KeyIndex::default();
     backend.scan(CF_KV, &[], |key, value| {
@@ -383,18 +373,14 @@ fn load(backend: &Backend) -> Result<(State, u64)> {
     tracing::info!(
         revision,
         compacted,
-        applied_index,
         keys = index.len(),
         leases = leases.len(),
         "store opened"
     );
-    Ok((
-        State {
-            index,
-            revision,
-            compacted,
-            leases,
-        },
-        applied_index,
-    ))
+    Ok(State {
+        index,
+        revision,
+        compacted,
+        leases,
+    })
 }
