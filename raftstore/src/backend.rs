@@ -4,13 +4,14 @@
 //! |---------------|-----------------------------|----------------------------------------|
 //! | `kv`          | revision (16 bytes, BE)     | record: format byte, kind byte, `KeyValue` |
 //! | `lease`       | lease id (8 bytes, BE)      | `LeaseRecord`                          |
-//! | `meta`        | name (ASCII)                | per name (revision, applied index, …)  |
+//! | `meta`        | name (ASCII)                | per name (revision, last applied log ID, …) |
 //! | `raft_log`    | log index (8 bytes, BE)     | format byte, `keelsonpb.Entry`         |
 //! | `raft_meta`   | name (ASCII)                | vote, committed and last purged log IDs |
 //!
 //! Every write is one [`WriteBatch`]: the data, the store revision and the
-//! applied log index change together, and the batch is synced to the WAL
-//! before the write is acknowledged.
+//! last applied log ID change together. Raft log appends and votes are synced
+//! to the WAL before they are acknowledged; applied batches are not (the log
+//! replays them), see [`crate::store::MvccStore::apply`].
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
