@@ -14,7 +14,7 @@
 //! - [`node`]: one member: identity, proposal ordering, lease expiry.
 //! - [`service`]: the etcd gRPC services on top of a node.
 //! - [`server`]: configuration and `run`, which serves it all until shutdown.
-//! - [`bench`]: a load generator for any etcd-API endpoint.
+//! - [`bench`](mod@bench): a load generator for any etcd-API endpoint.
 
 mod backend;
 pub mod bench;

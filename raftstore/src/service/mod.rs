@@ -1,4 +1,4 @@
-//! The etcd v3 gRPC services, on top of one [`Node`](crate::node::Node).
+//! The etcd v3 gRPC services, on top of one [`crate::node::Node`].
 //!
 //! Each service validates a request the way etcd's gRPC layer does, turns a
 //! write into a command for the node, and maps the store's errors to etcd's

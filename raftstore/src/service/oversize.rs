@@ -15,7 +15,7 @@ const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 /// The response body of the gRPC routes.
 type Body = tonic::body::Body;
 
-/// A tower layer applying [`rewrite`] to every response.
+/// A tower layer giving oversized requests gRPC-Go's status.
 pub type OversizeLayer =
     tower::util::MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>>;
 

@@ -7,7 +7,7 @@
 //!                   KeyIndex (key → revisions) ◄── reads ───┘
 //! ```
 //!
-//! Writes arrive as [`Command`]s with their log index and are applied one
+//! Writes arrive as [`Command`](keelson_proto::keelsonpb::Command)s with their log index and are applied one
 //! batch at a time by a single applier (the Raft state machine); the same
 //! commands in the same order give the same store on every member. A batch's
 //! records, revision and applied index go to RocksDB in one atomic write, and
