@@ -11,14 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=${ROUNDS:-2}
-cargo build --release --locked --quiet
-bin=$PWD/target/release/keelson
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=deploy/bench-common.sh
+source deploy/bench-common.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A client peer
 for system in keelson etcd; do
   for i in 0 1 2; do
@@ -41,12 +36,8 @@ for i in 0 1 2; do
     --initial-cluster "$(cluster etcd)" --initial-cluster-state new >"$work/etcd$i.log" 2>&1 &
   pids+=($!)
 done
-for system in keelson etcd; do
-  for _ in $(seq 200); do
-    ETCDCTL_API=3 etcdctl --endpoints "$(endpoints $system)" endpoint health >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-done
+wait_healthy "$(endpoints keelson)"
+wait_healthy "$(endpoints etcd)"
 
 echo "keelson $($bin --version | cut -d' ' -f2) (3 members) vs $(etcd --version | head -1) (3 members)"
 for round in $(seq "$rounds"); do

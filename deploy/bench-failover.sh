@@ -13,15 +13,9 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 warmup=${WARMUP:-1.5}
 duration=${DURATION:-5}
-cargo build --release --locked --quiet
-bin=$PWD/target/release/keelson
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-export ETCDCTL_API=3
+# shellcheck source=deploy/bench-common.sh
+source deploy/bench-common.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start SYSTEM DIR: starts three members, sets `member_pid[i]` and `client[i]`.
 start() {
@@ -40,10 +34,7 @@ start() {
     member_pid[$i]=$!
     pids+=($!)
   done
-  for _ in $(seq 200); do
-    etcdctl --endpoints "127.0.0.1:${client[0]},127.0.0.1:${client[1]},127.0.0.1:${client[2]}" endpoint health >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_healthy "127.0.0.1:${client[0]},127.0.0.1:${client[1]},127.0.0.1:${client[2]}"
 }
 
 # leader_index: which of the three members leads.
