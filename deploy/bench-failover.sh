@@ -52,7 +52,7 @@ leader_index() {
   return 1
 }
 
-echo "failover: $($bin --version) vs $(etcd --version | head -1); heartbeat/election: keelson 50/300 ms, etcd 100/1000 ms (defaults)"
+echo "failover: $($bin --version) vs $(etcd --version | head -1); heartbeat/election: keelson 50/250 ms, etcd 100/1000 ms (defaults)"
 for round in $(seq "$rounds"); do
   for system in keelson etcd; do
     dir=$work/$system-$round; mkdir -p "$dir"
