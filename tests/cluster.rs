@@ -446,7 +446,8 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
         "--learner",
         &format!("--peer-urls={peer_url}"),
     ]);
-    // etcdctl prints the ID with %16x: IDs under 16 hex digits are space-padded.
+    // etcdctl prints IDs with %16x: IDs under 16 hex digits are space-padded
+    // (here and in its promote and remove lines below).
     let words: Vec<&str> = added
         .lines()
         .next()
@@ -502,7 +503,7 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
     });
     assert_eq!(
         promoted,
-        format!("Member {id} promoted in cluster {cluster_id}\n")
+        format!("Member {id:>16} promoted in cluster {cluster_id:>16}\n")
     );
     expected.pop();
     expected.push(member_line(cluster.member(new), &id, false));
@@ -523,7 +524,7 @@ fn a_learner_joins_is_promoted_serves_and_is_removed() {
     // Removed, it leaves the list and stops by itself.
     assert_eq!(
         cluster.member(0).etcdctl_ok(&["member", "remove", &id]),
-        format!("Member {id} removed from cluster {cluster_id}\n")
+        format!("Member {id:>16} removed from cluster {cluster_id:>16}\n")
     );
     let status = cluster.member_mut(new).wait_for_exit(EXIT_DEADLINE);
     eprintln!("the removed member exited with {status}");
