@@ -64,7 +64,9 @@ pub(crate) struct ServerArgs {
     /// (randomised up to twice this).
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 250)]
     election_timeout: u64,
-    /// Applied entries between two snapshots (the log is purged behind each).
+    /// Applied log entries between two snapshots (the log is purged behind
+    /// each); an entry carries every write that was waiting when it was
+    /// proposed.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
     /// Token that makes this cluster's IDs unique.

@@ -39,6 +39,8 @@ pub enum Error {
     RequestTooLarge { size: usize, max: usize },
     #[error("command at log index {index} has no operation")]
     MalformedCommand { index: u64 },
+    #[error("a proposal of {sent} commands was answered with {answered} results")]
+    ProposalMismatch { sent: usize, answered: usize },
     #[error("member {id:x} not found")]
     MemberNotFound { id: u64 },
     #[error("leader transfer to {id:x} is not possible: it is not a voting member")]
@@ -99,6 +101,23 @@ impl Error {
         Error::Remote {
             code: status.code() as i32,
             message: status.message().to_owned(),
+        }
+    }
+
+    /// This error again, for each of the writes proposed together when it
+    /// failed them all. What it says of the cluster (no leader, timeout, …)
+    /// is kept; anything else is passed on as the status a client gets.
+    pub fn for_each_write(&self) -> Self {
+        match self {
+            Error::Stopped => Error::Stopped,
+            Error::NotLeader { leader } => Error::NotLeader {
+                leader: leader.clone(),
+            },
+            Error::NoLeader => Error::NoLeader,
+            Error::LeaderUnreachable { leader } => Error::LeaderUnreachable { leader: *leader },
+            Error::LeaderChanged => Error::LeaderChanged,
+            Error::Timeout => Error::Timeout,
+            other => Error::remote(other.to_status()),
         }
     }
 
@@ -175,6 +194,7 @@ impl Error {
             | Error::CorruptMeta { .. }
             | Error::CorruptSnapshot { .. }
             | Error::MalformedCommand { .. }
+            | Error::ProposalMismatch { .. }
             | Error::RaftConfig { .. }
             | Error::RaftFatal { .. }
             | Error::WrongMember { .. } => {

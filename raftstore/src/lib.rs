@@ -12,6 +12,7 @@
 //!
 //! - [`store`]: the MVCC state machine (revisions, index, leases, compaction).
 //! - [`node`]: one member: identity, proposal ordering, lease expiry.
+//! - [`propose`]: client writes batched into Raft entries.
 //! - [`service`]: the etcd gRPC services on top of a node.
 //! - [`server`]: configuration and `run`, which serves it all until shutdown.
 //! - [`bench`](mod@bench): a load generator for any etcd-API endpoint.
@@ -24,6 +25,7 @@ pub mod index;
 pub mod lessor;
 pub mod metrics;
 pub mod node;
+pub mod propose;
 pub mod raft;
 pub mod revision;
 pub mod server;

@@ -1,9 +1,9 @@
 //! A member: its store, its place in the Raft cluster, and its identity.
 //!
 //! ```text
-//!  gRPC services ──propose(command)──► leader? ──yes──► Raft::client_write ──► log ──► peers
-//!        ▲                              │ no                       │ committed
-//!        │                              └──► Forward to the leader │
+//!  gRPC services ──propose(command)──► batch ─► leader? ──yes──► Raft::client_write ──► log ──► peers
+//!        ▲                                        │ no                       │ committed
+//!        │                                        └──► Forward to the leader │
 //!        │                                                         ▼
 //!        └──── response + revision ◄──── StateMachine::apply ──► MvccStore, WatchHub, Lessor
 //! ```
@@ -25,7 +25,7 @@ use keelson_proto::etcdserverpb::{
     ResponseHeader,
 };
 use keelson_proto::keelsonpb::{self as pb, Command, MemberRecord, command::Op};
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::hub::WatchHub;
 use crate::lessor::Lessor;
+use crate::propose::{Outcome, Proposer, write_error};
 use crate::raft::network::{Network, Peers};
 use crate::raft::read_index::{ReadIndexBatcher, ReadIndexFailure};
 use crate::raft::{LogStore, MemberInfo, StateMachine, TypeConfig};
@@ -153,6 +154,7 @@ pub struct Node {
     lessor: Arc<Mutex<Lessor>>,
     raft: Raft<TypeConfig>,
     reads: Arc<ReadIndexBatcher>,
+    proposer: Arc<Proposer>,
     peers: Peers,
     ids: IdGenerator,
 }
@@ -189,7 +191,6 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             // Keep some log behind a snapshot for members that are only a little behind.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
-            snapshot_max_chunk_size: 4 * 1024 * 1024,
             ..openraft::Config::default()
         }
         .validate()
@@ -236,6 +237,7 @@ impl Node {
             hub,
             lessor,
             reads: ReadIndexBatcher::new(raft.clone()),
+            proposer: Proposer::new(raft.clone(), peers.clone()),
             raft,
             peers,
             ids,
@@ -500,7 +502,8 @@ impl Node {
 
     /// Orders `command` after every earlier write and applies it; returns its
     /// response and the store revision after it, once a quorum has it durably.
-    /// A follower hands the command to the leader.
+    /// Writes waiting at once are proposed together (see [`crate::propose`]);
+    /// a follower hands them to the leader.
     pub async fn propose(&self, command: Command) -> Result<(CommandResponse, i64)> {
         let size = command.encoded_len();
         if size > self.config.max_request_bytes {
@@ -513,95 +516,18 @@ impl Node {
         let pending = metrics::gauge!("etcd_server_proposals_pending");
         pending.increment(1.0);
         let _done = decrement_on_drop(pending);
-        tokio::time::timeout_at(deadline, async {
-            loop {
-                match self.write(command.clone()).await {
-                    Err(Error::NotLeader {
-                        leader: Some((id, member)),
-                    }) => {
-                        match self.forward(id, &member, command.clone()).await {
-                            // The leader is gone: wait for the next one, as etcd's
-                            // proposals wait, rather than fail at once.
-                            Err(Error::LeaderUnreachable { leader }) => {
-                                self.wait_for_leader_change(leader, deadline).await?
-                            }
-                            outcome => return outcome,
-                        }
-                    }
-                    Err(Error::NotLeader { leader: None }) => {
-                        self.wait_for_leader(deadline).await?
-                    }
-                    outcome => return outcome,
-                }
-            }
-        })
-        .await
-        .map_err(|_| Error::Timeout)?
+        self.proposer.propose(command, deadline).await
     }
 
-    /// Writes through this member's Raft, which must lead.
-    pub async fn write(&self, command: Command) -> Result<(CommandResponse, i64)> {
-        match self.raft.client_write(command).await {
-            Ok(written) => written.data.0.ok_or(Error::MalformedCommand {
-                index: written.log_id.index,
-            })?,
-            Err(error) => Err(write_error(error)),
-        }
-    }
-
-    async fn forward(
-        &self,
-        leader: u64,
-        member: &MemberInfo,
-        command: Command,
-    ) -> Result<(CommandResponse, i64)> {
-        let mut client = self
-            .peers
-            .client(leader, member)
-            .map_err(|_| Error::LeaderUnreachable { leader })?;
-        let response = client
-            .forward(pb::ForwardRequest {
-                command: Some(command),
-            })
-            .await
-            .map_err(|status| {
-                // The leader's own refusals are etcd errors; anything else
-                // failed on the way there. Only a write that never left may be
-                // sent again: one cut off mid-way may have been applied.
-                let ours = status.message().starts_with("etcdserver:");
-                if !ours && status.message().contains("connect") {
-                    Error::LeaderUnreachable { leader }
-                } else if !ours {
-                    Error::LeaderChanged
-                } else {
-                    Error::remote(status)
-                }
-            })?
-            .into_inner();
-        forwarded(response)
-    }
-
-    async fn wait_for_leader_change(&self, old: u64, deadline: Instant) -> Result<()> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(left))
-            .metrics(
-                |m| m.current_leader.is_some_and(|id| id != old),
-                "a new leader",
-            )
-            .await
-            .map(drop)
-            .map_err(|_| Error::NoLeader)
+    /// Proposes writes a follower forwarded, batched with this member's
+    /// own; one outcome per command.
+    pub async fn propose_forwarded(&self, commands: Vec<Command>) -> Vec<Outcome> {
+        let deadline = Instant::now() + self.config.request_timeout;
+        self.proposer.propose_all(commands, deadline).await
     }
 
     async fn wait_for_leader(&self, deadline: Instant) -> Result<()> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.raft
-            .wait(Some(left))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await
-            .map(drop)
-            .map_err(|_| Error::NoLeader)
+        self.proposer.wait_for_leader(deadline).await
     }
 
     /// Returns once this member has applied every write acknowledged before
@@ -830,79 +756,6 @@ fn decrement_on_drop(gauge: metrics::Gauge) -> impl Drop {
 }
 
 /// What a refused write (or membership change) means for the client.
-fn write_error(error: RaftError<u64, ClientWriteError<u64, MemberInfo>>) -> Error {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => not_leader(to),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(source)) => Error::Membership {
-            reason: source.to_string(),
-        },
-        RaftError::Fatal(source) => Error::RaftFatal {
-            source: Box::new(source),
-        },
-    }
-}
-
-fn not_leader(to: ForwardToLeader<u64, MemberInfo>) -> Error {
-    Error::NotLeader {
-        leader: to.leader_id.zip(to.leader_node),
-    }
-}
-
-/// A command's outcome as the leader reported it.
-fn forwarded(response: pb::ForwardResponse) -> Result<(CommandResponse, i64)> {
-    use pb::forward_response::Result as R;
-    let revision = response.revision;
-    let response = match response.result {
-        Some(R::Put(r)) => CommandResponse::Put(r),
-        Some(R::DeleteRange(r)) => CommandResponse::DeleteRange(r),
-        Some(R::Txn(r)) => CommandResponse::Txn(r),
-        Some(R::Compaction(r)) => CommandResponse::Compaction(r),
-        Some(R::LeaseGrant(r)) => CommandResponse::LeaseGrant(r),
-        Some(R::LeaseRevoke(r)) => CommandResponse::LeaseRevoke(r),
-        Some(R::Error(e)) => {
-            return Err(Error::Remote {
-                code: e.code,
-                message: e.message,
-            });
-        }
-        None => {
-            return Err(Error::Remote {
-                code: tonic::Code::Internal as i32,
-                message: "empty forward response".into(),
-            });
-        }
-    };
-    Ok((response, revision))
-}
-
-/// A command's outcome, for the follower that forwarded it.
-pub fn forward_response(outcome: Result<(CommandResponse, i64)>) -> pb::ForwardResponse {
-    use pb::forward_response::Result as R;
-    match outcome {
-        Ok((response, revision)) => pb::ForwardResponse {
-            revision,
-            result: Some(match response {
-                CommandResponse::Put(r) => R::Put(r),
-                CommandResponse::DeleteRange(r) => R::DeleteRange(r),
-                CommandResponse::Txn(r) => R::Txn(r),
-                CommandResponse::Compaction(r) => R::Compaction(r),
-                CommandResponse::LeaseGrant(r) => R::LeaseGrant(r),
-                CommandResponse::LeaseRevoke(r) => R::LeaseRevoke(r),
-            }),
-        },
-        Err(error) => {
-            let status = error.to_status();
-            pb::ForwardResponse {
-                revision: 0,
-                result: Some(R::Error(pb::RemoteError {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                })),
-            }
-        }
-    }
-}
-
 /// The first eight bytes of a SHA-256 over `parts`.
 fn hash_u64<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     let mut hasher = Sha256::new();

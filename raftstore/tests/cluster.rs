@@ -341,3 +341,129 @@ async fn a_new_leader_gives_every_lease_a_full_ttl() {
         Some("alive")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_every_member_each_get_their_own_revision() {
+    const WRITES: usize = 300;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    cluster.put_eventually(leader, "warm", "up").await;
+
+    // Many writes at once, on every member: they are proposed in batches.
+    let writes = (0..WRITES).map(|n| {
+        let mut kv = KvClient::new(cluster.channel(n % 3));
+        async move {
+            let put = PutRequest {
+                key: format!("c{n:03}").into(),
+                value: n.to_string().into(),
+                ..Default::default()
+            };
+            kv.put(put)
+                .await
+                .map(|r| r.into_inner().header.unwrap().revision)
+        }
+    });
+    let revisions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every write is acknowledged"))
+        .collect();
+    let unique: std::collections::BTreeSet<i64> = revisions.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        WRITES,
+        "every write has a revision of its own"
+    );
+
+    for i in 0..3 {
+        let range = RangeRequest {
+            key: "c".into(),
+            range_end: "d".into(),
+            ..Default::default()
+        };
+        let kvs = KvClient::new(cluster.channel(i))
+            .range(range)
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs;
+        assert_eq!(kvs.len(), WRITES, "member {i} holds every write");
+        for (n, kv) in kvs.iter().enumerate() {
+            assert_eq!(kv.value, n.to_string().into_bytes());
+            assert_eq!(kv.mod_revision, revisions[n], "member {i}, key {n}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_snapshot_stream_is_refused() {
+    use keelson_proto::keelsonpb::{
+        Member, Membership, SnapshotChunk, SnapshotMeta, StoredMembership, Vote, VoterSet,
+        raft_client::RaftClient,
+    };
+
+    let cluster = Cluster::start(1).await;
+    cluster.put_eventually(0, "k", "v1").await;
+    let channel = Endpoint::from_shared(format!("http://{}", cluster.slots[0].peer))
+        .unwrap()
+        .connect_lazy();
+    let mut peer = RaftClient::new(channel);
+    let vote = Some(Vote {
+        term: 1,
+        node_id: 1,
+        committed: true,
+    });
+    // A well-formed head: one voter, nothing applied.
+    let meta = SnapshotMeta {
+        last_log_id: None,
+        last_membership: Some(StoredMembership {
+            log_id: None,
+            membership: Some(Membership {
+                configs: vec![VoterSet { ids: vec![1] }],
+                members: [(1, Member::default())].into(),
+            }),
+        }),
+        snapshot_id: "forged".into(),
+    };
+    let streams = [
+        ("empty", vec![]),
+        (
+            "headless",
+            vec![SnapshotChunk {
+                data: vec![1, 2, 3],
+                ..Default::default()
+            }],
+        ),
+        (
+            "two heads",
+            vec![
+                SnapshotChunk {
+                    vote,
+                    meta: Some(meta.clone()),
+                    data: vec![],
+                },
+                SnapshotChunk {
+                    vote,
+                    ..Default::default()
+                },
+            ],
+        ),
+    ];
+    for (what, chunks) in streams {
+        let refused = peer
+            .install_snapshot(tokio_stream::iter(chunks))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {refused:?}"
+        );
+    }
+    // Nothing was installed: the member still holds its data and serves.
+    assert_eq!(
+        cluster.get(0, "k", false).await.unwrap().as_deref(),
+        Some("v1")
+    );
+    cluster.put_eventually(0, "k", "v2").await;
+}

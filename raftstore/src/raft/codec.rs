@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keelson_proto::keelsonpb as pb;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{
     CommittedLeaderId, EntryPayload, LeaderId, LogId, Membership, SnapshotMeta, StoredMembership,
@@ -144,7 +143,7 @@ pub fn from_stored_membership(
 pub fn entry(entry: &Entry) -> pb::Entry {
     let payload = match &entry.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(command) => pb::entry::Payload::Command(command.clone()),
+        EntryPayload::Normal(proposal) => pb::entry::Payload::Proposal(proposal.clone()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership(m)),
     };
     pb::Entry {
@@ -161,7 +160,7 @@ pub fn from_entry(entry: pb::Entry) -> Result<Entry, DecodeError> {
         .ok_or(missing("Entry", "log_id"))?;
     let payload = match entry.payload.ok_or(missing("Entry", "payload"))? {
         pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Command(command) => EntryPayload::Normal(command),
+        pb::entry::Payload::Proposal(proposal) => EntryPayload::Normal(proposal),
         pb::entry::Payload::Membership(m) => EntryPayload::Membership(from_membership(&m)?),
     };
     Ok(Entry {
@@ -280,46 +279,33 @@ pub fn from_vote_response(response: &pb::VoteResponse) -> Result<VoteResponse<u6
     })
 }
 
-pub fn install_snapshot(
-    request: &InstallSnapshotRequest<TypeConfig>,
-) -> pb::InstallSnapshotRequest {
-    pb::InstallSnapshotRequest {
-        vote: Some(vote(&request.vote)),
-        meta: Some(snapshot_meta(&request.meta)),
-        offset: request.offset,
-        data: request.data.clone(),
-        done: request.done,
+/// A streamed snapshot's first chunk: who sends it and what it is.
+pub fn snapshot_head(vote_: &Vote<u64>, meta: &SnapshotMeta<u64, MemberInfo>) -> pb::SnapshotChunk {
+    pb::SnapshotChunk {
+        vote: Some(vote(vote_)),
+        meta: Some(snapshot_meta(meta)),
+        data: Vec::new(),
     }
 }
 
-pub fn from_install_snapshot(
-    request: pb::InstallSnapshotRequest,
-) -> Result<InstallSnapshotRequest<TypeConfig>, DecodeError> {
-    let meta = request
+/// The vote and snapshot description a stream's first chunk carries.
+pub fn from_snapshot_head(
+    chunk: &pb::SnapshotChunk,
+) -> Result<(Vote<u64>, SnapshotMeta<u64, MemberInfo>), DecodeError> {
+    let meta = chunk
         .meta
         .as_ref()
-        .ok_or(missing("InstallSnapshotRequest", "meta"))?;
-    Ok(InstallSnapshotRequest {
-        vote: required_vote(request.vote.as_ref(), "InstallSnapshotRequest")?,
-        meta: from_snapshot_meta(meta)?,
-        offset: request.offset,
-        data: request.data,
-        done: request.done,
-    })
-}
-
-pub fn install_snapshot_response(
-    response: &InstallSnapshotResponse<u64>,
-) -> pb::InstallSnapshotResponse {
-    pb::InstallSnapshotResponse {
-        vote: Some(vote(&response.vote)),
-    }
+        .ok_or(missing("SnapshotChunk", "meta"))?;
+    Ok((
+        required_vote(chunk.vote.as_ref(), "SnapshotChunk")?,
+        from_snapshot_meta(meta)?,
+    ))
 }
 
 pub fn from_install_snapshot_response(
     response: &pb::InstallSnapshotResponse,
-) -> Result<InstallSnapshotResponse<u64>, DecodeError> {
-    Ok(InstallSnapshotResponse {
+) -> Result<SnapshotResponse<u64>, DecodeError> {
+    Ok(SnapshotResponse {
         vote: required_vote(response.vote.as_ref(), "InstallSnapshotResponse")?,
     })
 }
@@ -341,10 +327,12 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let id = LogId::new(CommittedLeaderId::new(4, 2), 17);
-        let command = keelson_proto::keelsonpb::Command::default();
+        let proposal = pb::Proposal {
+            commands: vec![pb::Command::default(); 2],
+        };
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(command),
+            EntryPayload::Normal(proposal),
             EntryPayload::Membership(members()),
         ] {
             let original = Entry {

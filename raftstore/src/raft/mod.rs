@@ -25,7 +25,7 @@ pub mod state_machine;
 
 use std::fmt;
 
-use keelson_proto::keelsonpb::Command;
+use keelson_proto::keelsonpb::Proposal;
 
 pub use self::log_store::LogStore;
 pub use self::state_machine::{ApplyResult, StateMachine};
@@ -47,9 +47,10 @@ impl fmt::Display for MemberInfo {
 
 openraft::declare_raft_types!(
     /// Keelson's Raft: member IDs are etcd-style `u64`s, log entries carry
-    /// store commands, and snapshots are the store's snapshot format.
+    /// proposals (store commands batched), and snapshots are the store's
+    /// snapshot format.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = ApplyResult,
         NodeId = u64,
         Node = MemberInfo,

@@ -9,13 +9,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keelson_proto::keelsonpb::raft_client::RaftClient;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use keelson_proto::keelsonpb::{self as pb, raft_client::RaftClient};
+use openraft::error::Infallible;
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
+use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec;
@@ -23,6 +29,8 @@ use super::{MemberInfo, TypeConfig};
 
 /// Largest peer message: snapshot chunks are well under it.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of snapshot data per streamed chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connections to the other members, by member ID.
@@ -129,7 +137,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
-        let request = with_deadline(codec::append_entries(&rpc), &option);
+        let message = codec::append_entries(&rpc);
+        let bytes = message.encoded_len();
+        if bytes > MAX_PEER_MESSAGE_BYTES && rpc.entries.len() > 1 {
+            // Ask openraft for fewer entries per message, in proportion.
+            let fit = rpc.entries.len() * MAX_PEER_MESSAGE_BYTES / bytes;
+            return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
+        }
+        let request = with_deadline(message, &option);
         let sent = std::time::Instant::now();
         let response = self
             .client()?
@@ -143,19 +158,61 @@ impl RaftNetwork<TypeConfig> for Connection {
         codec::from_append_entries_response(response.into_inner()).map_err(malformed)
     }
 
+    /// Never called: openraft sends snapshots only through
+    /// [`Self::full_snapshot`], which Keelson streams (this chunk-per-call
+    /// RPC is what openraft's default `full_snapshot` would use).
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
-        tracing::debug!(target = %format!("{:x}", self.target), offset = rpc.offset, done = rpc.done, "sending snapshot chunk");
-        let request = with_deadline(codec::install_snapshot(&rpc), &option);
-        let response = self
-            .client()?
-            .install_snapshot(request)
-            .await
-            .map_err(transport_error)?;
-        codec::from_install_snapshot_response(&response.into_inner()).map_err(malformed)
+        let error = std::io::Error::other("snapshots are streamed, not sent chunk by chunk");
+        Err(RPCError::Network(NetworkError::new(&error)))
+    }
+
+    /// Streams `snapshot` to the peer in one call: a head naming the vote
+    /// and the snapshot, then the data in 1 MiB chunks; the peer installs
+    /// it once the stream ends. The whole transfer gets openraft's
+    /// per-chunk timeout once per chunk.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<u64>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
+        let head = codec::snapshot_head(&vote, &snapshot.meta);
+        let data = snapshot.snapshot.into_inner();
+        let chunks = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
+        let (id, bytes) = (snapshot.meta.snapshot_id.clone(), data.len());
+        // Chunks are cut as the stream is polled: one in memory at a time.
+        let body = (0..chunks).map(move |i| {
+            let end = ((i + 1) * SNAPSHOT_CHUNK_BYTES).min(data.len());
+            pb::SnapshotChunk {
+                vote: None,
+                meta: None,
+                data: data[i * SNAPSHOT_CHUNK_BYTES..end].to_vec(),
+            }
+        });
+        let stream = tokio_stream::iter(std::iter::once(head).chain(body));
+        let mut request = tonic::Request::new(stream);
+        request.set_timeout(option.hard_ttl() * (chunks as u32 + 1));
+        let mut client = self.client::<Infallible>().map_err(|error| match error {
+            RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        let response = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            response = client.install_snapshot(request) => response,
+        };
+        let response = response.map_err(|status| match transport_error::<Infallible>(status) {
+            RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+            RPCError::Network(e) => StreamingError::Network(e),
+            other => StreamingError::Network(NetworkError::new(&other)),
+        })?;
+        tracing::info!(target = %format!("{:x}", self.target), snapshot = %id, bytes, "snapshot sent");
+        codec::from_install_snapshot_response(&response.into_inner())
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 
     async fn vote(

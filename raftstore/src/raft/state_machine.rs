@@ -32,10 +32,11 @@ type BuiltSnapshot = (SnapshotMeta<u64, MemberInfo>, Vec<u8>);
 /// The last applied log ID and the membership in force.
 type AppliedState = (Option<LogId<u64>>, StoredMembership<u64, MemberInfo>);
 
-/// What applying one log entry produced: a command's response and the store
-/// revision after it, or nothing for entries that carry no command.
+/// What applying one log entry produced: for each command of its proposal,
+/// the command's response and the store revision after it (nothing for
+/// entries that carry no proposal).
 #[derive(Debug)]
-pub struct ApplyResult(pub Option<crate::Result<(CommandResponse, i64)>>);
+pub struct ApplyResult(pub Vec<crate::Result<(CommandResponse, i64)>>);
 
 /// The state machine of one member.
 #[derive(Clone, Debug)]
@@ -84,13 +85,21 @@ impl StateMachine {
         };
         let mut meta = vec![(APPLIED, codec::log_id(&last).encode_to_vec())];
         let mut commands = Vec::new();
-        for entry in &entries {
-            match &entry.payload {
-                EntryPayload::Normal(command) => {
-                    commands.push((entry.log_id.index, command.clone()))
+        // How many commands each entry carries, to hand the results back.
+        let mut counts = Vec::with_capacity(entries.len());
+        let entry_count = entries.len() as u64;
+        for entry in entries {
+            let index = entry.log_id.index;
+            counts.push(match &entry.payload {
+                EntryPayload::Normal(proposal) => proposal.commands.len(),
+                _ => 0,
+            });
+            match entry.payload {
+                EntryPayload::Normal(proposal) => {
+                    commands.extend(proposal.commands.into_iter().map(|c| (index, c)))
                 }
                 EntryPayload::Membership(membership) => {
-                    let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    let stored = StoredMembership::new(Some(entry.log_id), membership);
                     meta.retain(|(key, _)| *key != MEMBERSHIP);
                     meta.push((
                         MEMBERSHIP,
@@ -101,8 +110,8 @@ impl StateMachine {
             }
         }
         let output = self.store.apply(&commands, &meta)?;
-        metrics::counter!("etcd_server_proposals_committed_total").increment(entries.len() as u64);
-        metrics::counter!("etcd_server_proposals_applied_total").increment(entries.len() as u64);
+        metrics::counter!("etcd_server_proposals_committed_total").increment(entry_count);
+        metrics::counter!("etcd_server_proposals_applied_total").increment(entry_count);
         let failed = output
             .applied
             .iter()
@@ -120,15 +129,13 @@ impl StateMachine {
             }
         }
         self.hub.publish(output.events, self.store.revision());
-        let mut applied = output.applied.into_iter();
-        Ok(entries
-            .iter()
-            .map(|entry| match entry.payload {
-                EntryPayload::Normal(_) => {
-                    ApplyResult(applied.next().map(|a| a.response.map(|r| (r, a.revision))))
-                }
-                _ => ApplyResult(None),
-            })
+        let mut applied = output
+            .applied
+            .into_iter()
+            .map(|a| a.response.map(|r| (r, a.revision)));
+        Ok(counts
+            .into_iter()
+            .map(|count| ApplyResult(applied.by_ref().take(count).collect()))
             .collect())
     }
 

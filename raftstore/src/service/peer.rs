@@ -1,18 +1,21 @@
 //! The peer service: what other members send this one.
 //!
-//! openraft's RPCs (append, vote, snapshot chunks), writes forwarded by
+//! openraft's RPCs (append, vote, streamed snapshots), writes forwarded by
 //! followers, read-index requests, and lease questions that only the leader
 //! can answer. Messages that do not decode get `InvalidArgument`.
 
+use std::io::Cursor;
 use std::sync::Arc;
 
 use keelson_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use keelson_proto::keelsonpb::{self as pb, raft_server::Raft};
-use tonic::{Request, Response, Status};
+use openraft::Snapshot;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{Node, forward_response};
+use crate::node::Node;
+use crate::propose::forward_result;
 use crate::raft::codec;
 
 #[derive(Debug)]
@@ -59,32 +62,57 @@ impl Raft for PeerService {
         Ok(Response::new(codec::vote_response(&response)))
     }
 
+    /// Receives a streamed snapshot whole, then hands it to Raft, which
+    /// installs it unless the sender's vote is stale.
     async fn install_snapshot(
         &self,
-        request: Request<pb::InstallSnapshotRequest>,
+        request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
-        let request = codec::from_install_snapshot(request.into_inner()).map_err(malformed)?;
+        let mut stream = request.into_inner();
+        let head = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let (vote, meta) = codec::from_snapshot_head(&head).map_err(malformed)?;
+        let mut data = head.data;
+        while let Some(chunk) = stream.message().await? {
+            if chunk.vote.is_some() || chunk.meta.is_some() {
+                return Err(Status::invalid_argument(
+                    "snapshot chunk after the first names a vote or snapshot",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot received");
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
         let response = self
             .node
             .raft()
-            .install_snapshot(request)
+            .install_full_snapshot(vote, snapshot)
             .await
             .map_err(raft_failed)?;
-        Ok(Response::new(codec::install_snapshot_response(&response)))
+        Ok(Response::new(pb::InstallSnapshotResponse {
+            vote: Some(codec::vote(&response.vote)),
+        }))
     }
 
     async fn forward(
         &self,
         request: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardResponse>, Status> {
-        let command = request
-            .into_inner()
-            .command
-            .ok_or_else(|| Status::invalid_argument("no command"))?;
-        // Only this member's own log: a forwarded write is never forwarded again.
-        Ok(Response::new(forward_response(
-            self.node.write(command).await,
-        )))
+        let commands = request.into_inner().commands;
+        if commands.is_empty() {
+            return Err(Status::invalid_argument("no command"));
+        }
+        // Batched with this member's own writes. Should leadership have
+        // moved meanwhile, they are forwarded once more, like any write.
+        let results = self.node.propose_forwarded(commands).await;
+        Ok(Response::new(pb::ForwardResponse {
+            results: results.into_iter().map(forward_result).collect(),
+        }))
     }
 
     async fn read_index(
