@@ -26,6 +26,8 @@ use crate::store::{CommandResponse, LeaseChange, MvccStore};
 const APPLIED: &str = "raft_applied";
 const MEMBERSHIP: &str = "raft_membership";
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Applies of at most this many commands run on the calling task.
+const INLINE_APPLY_COMMANDS: usize = 8;
 
 /// A snapshot's description and its bytes.
 type BuiltSnapshot = (SnapshotMeta<u64, MemberInfo>, Vec<u8>);
@@ -238,6 +240,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        // Applying does not sync: a few commands take less time than a
+        // hand-off to the blocking pool and back.
+        let commands: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(proposal) => proposal.commands.len(),
+                _ => 0,
+            })
+            .sum();
+        if commands <= INLINE_APPLY_COMMANDS {
+            return self
+                .apply_blocking(entries)
+                .map_err(|e| err::write_state_machine(AnyError::new(&e)));
+        }
         let this = self.clone();
         blocking(
             move || this.apply_blocking(entries),
