@@ -151,6 +151,7 @@ fn advertised(urls: &[String], bound: SocketAddr) -> Vec<String> {
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     // etcd's buckets for disk latencies; Prometheus' defaults for RPCs.
     let disk: Vec<f64> = (0..14).map(|i| 0.001 * f64::from(1u32 << i)).collect();
+    let batch: Vec<f64> = (0..10).map(|i| f64::from(1u32 << i)).collect();
     let rpc = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
@@ -168,6 +169,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             &disk,
         )?
         .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &rpc)?
+        .set_buckets_for_metric(
+            Matcher::Full("keelson_raft_proposal_batch_commands".into()),
+            &batch,
+        )?
         .install_recorder()
         .context("cannot install the metrics recorder")
 }

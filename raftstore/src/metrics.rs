@@ -50,6 +50,10 @@ pub fn describe() {
         Unit::Seconds,
         "Round trip of Raft appends to each peer."
     );
+    describe_histogram!(
+        "keelson_raft_proposal_batch_commands",
+        "Client writes proposed together as one log entry."
+    );
     describe_counter!(
         "etcd_server_proposals_applied_total",
         "Consensus proposals applied."
