@@ -28,7 +28,7 @@ for i in 0 1 2; do
   "$bin" server --name m$i --data-dir "$work/keelson$i" \
     --listen-client-urls "http://127.0.0.1:${client[keelson$i]}" --advertise-client-urls "http://127.0.0.1:${client[keelson$i]}" \
     --listen-peer-urls "http://127.0.0.1:${peer[keelson$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[keelson$i]}" \
-    --initial-cluster "$(cluster keelson)" >"$work/keelson$i.log" 2>&1 &
+    --initial-cluster "$(cluster keelson)" --listen-api-url none >"$work/keelson$i.log" 2>&1 &
   pids+=($!)
   etcd --name m$i --data-dir "$work/etcd$i" \
     --listen-client-urls "http://127.0.0.1:${client[etcd$i]}" --advertise-client-urls "http://127.0.0.1:${client[etcd$i]}" \

@@ -28,7 +28,7 @@ start() {
       --listen-client-urls "http://127.0.0.1:${client[$i]}" --advertise-client-urls "http://127.0.0.1:${client[$i]}"
       --listen-peer-urls "http://127.0.0.1:${peer[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}"
       --initial-cluster "$cluster")
-    if [[ $system == keelson ]]; then "$bin" server "${args[@]}" >"$dir/m$i.log" 2>&1 &
+    if [[ $system == keelson ]]; then "$bin" server "${args[@]}" --listen-api-url none >"$dir/m$i.log" 2>&1 &
     else etcd "${args[@]}" --initial-cluster-state new >"$dir/m$i.log" 2>&1 &
     fi
     member_pid[$i]=$!

@@ -17,7 +17,7 @@ kport=$(free_port); eport=$(free_port); epeer=$(free_port)
 
 "$bin" server --name bench --data-dir "$work/keelson" \
   --listen-client-urls "http://127.0.0.1:$kport" --advertise-client-urls "http://127.0.0.1:$kport" \
-  >"$work/keelson.log" 2>&1 &
+  --listen-api-url none >"$work/keelson.log" 2>&1 &
 pids+=($!)
 etcd --name bench --data-dir "$work/etcd" \
   --listen-client-urls "http://127.0.0.1:$eport" --advertise-client-urls "http://127.0.0.1:$eport" \

@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a control-plane member: the etcd-v3-compatible store, served over gRPC.
-    Server(server::ServerArgs),
+    /// Run a control-plane member: the etcd-v3-compatible store over gRPC,
+    /// and the Kubernetes API over HTTPS.
+    Server(Box<server::ServerArgs>),
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
             Command::Bench(command) => bench::run(command).await,
         }
     });

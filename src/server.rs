@@ -85,6 +85,67 @@ pub(crate) struct ServerArgs {
     /// Interval of watch progress notifications (e.g. 10m, 1s, 500ms).
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: Duration,
+    /// URL to serve the Kubernetes API on (port 0 picks a free port; `none`
+    /// serves no API).
+    #[arg(
+        long,
+        env = "KEELSON_LISTEN_API_URL",
+        default_value = "https://127.0.0.1:6443"
+    )]
+    listen_api_url: String,
+    /// Serve only the Kubernetes API, storing objects in these etcd
+    /// endpoints (`http://HOST:PORT`, comma-separated) instead of running a
+    /// store member.
+    #[arg(long, env = "KEELSON_ETCD_SERVERS", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+}
+
+/// `https://host:port` → `host:port`; `None` for `none`.
+fn api_address(url: &str) -> anyhow::Result<Option<&str>> {
+    if url == "none" {
+        return Ok(None);
+    }
+    let address = url
+        .strip_prefix("https://")
+        .with_context(|| format!("--listen-api-url {url}: expected https://HOST:PORT or none"))?;
+    Ok(Some(address.trim_end_matches('/')))
+}
+
+/// The machine's host name, for the API serving certificate.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+/// Serves the Kubernetes API on `listener` against `store_endpoints`.
+async fn run_api(
+    listener: TcpListener,
+    data_dir: PathBuf,
+    store_endpoints: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = keelson_control::server::ApiConfig {
+        data_dir,
+        store_endpoints,
+        extra_hosts: host_name().into_iter().collect(),
+        cluster_name: "keelson".into(),
+    };
+    keelson_control::server::run(config, listener, shutdown)
+        .await
+        .context("the Kubernetes API server failed")
+}
+
+async fn bind_api(url: &str) -> anyhow::Result<Option<TcpListener>> {
+    match api_address(url)? {
+        None => Ok(None),
+        Some(address) => Ok(Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {url}"))?,
+        )),
+    }
 }
 
 /// Parses Go-style durations as etcd's flags take them: `500ms`, `1s`, `10m`, `1h`.
@@ -170,6 +231,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(Matcher::Full("grpc_server_handling_seconds".into()), &rpc)?
         .set_buckets_for_metric(
+            Matcher::Full("apiserver_request_duration_seconds".into()),
+            &rpc,
+        )?
+        .set_buckets_for_metric(
             Matcher::Full("keelson_raft_proposal_batch_commands".into()),
             &batch,
         )?
@@ -178,6 +243,20 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
+    let api = bind_api(&args.listen_api_url).await?;
+    if !args.etcd_servers.is_empty() {
+        let Some(api) = api else {
+            bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
+        };
+        install_metrics()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        return run_api(api, data_dir, args.etcd_servers, shutdown).await;
+    }
     let mut clients = bind(&args.listen_client_urls).await?;
     if clients.len() != 1 {
         bail!(
@@ -214,9 +293,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ),
     };
     let config = MemberConfig {
-        data_dir: args
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name))),
+        data_dir: data_dir.clone(),
         name: args.name,
         advertise_client_urls: advertised(&args.advertise_client_urls, bound),
         initial_advertise_peer_urls: match peer_port {
@@ -242,18 +319,42 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let handle = install_metrics()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    run_member(
-        config,
-        Listeners {
-            client,
-            peer,
-            metrics,
-        },
-        Some(handle),
-        shutdown,
-    )
-    .await?;
-    Ok(())
+    let member = async {
+        let outcome = run_member(
+            config,
+            Listeners {
+                client,
+                peer,
+                metrics,
+            },
+            Some(handle),
+            shutdown.clone(),
+        )
+        .await;
+        // The API server goes with the store it serves.
+        shutdown.cancel();
+        outcome.map_err(anyhow::Error::from)
+    };
+    let Some(api) = api else {
+        return member.await;
+    };
+    // The API server reaches its store through this member's client port.
+    let local = keelson_control::server::reachable(bound);
+    let api = async {
+        let outcome = run_api(
+            api,
+            data_dir,
+            vec![format!("http://{local}")],
+            shutdown.clone(),
+        )
+        .await;
+        if outcome.is_err() {
+            shutdown.cancel();
+        }
+        outcome
+    };
+    let (member, api) = tokio::join!(member, api);
+    member.and(api)
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -1,1 +1,30 @@
-//! The Kubernetes API server, the controllers and the scheduler (see `docs/architecture.md`).
+//! The Kubernetes control plane: the API server (controllers and the
+//! scheduler follow; see `docs/architecture.md`).
+//!
+//! ```text
+//!  kubectl ──HTTPS (client cert)──► server ──► api::Api ──► storage::Store ──etcd gRPC──► Raft store
+//!                                                │
+//!                          discovery · object · patch · selector · table · status
+//! ```
+//!
+//! - [`server`]: certificates, TLS and connections; `run(config, listener, shutdown)`.
+//! - [`api`]: paths to resources, verbs to handlers; watch streams.
+//! - [`storage`]: objects under `/registry/…` through the etcd API.
+//! - [`resources`]: what is served, and where it is stored.
+//! - [`object`], [`patch`], [`selector`], [`table`], [`status`]: the
+//!   Kubernetes semantics the handlers share.
+//! - [`openapi`]: OpenAPI v3 documents, and request bodies checked against them.
+//! - [`pki`]: the cluster CA and the certificates it issues.
+
+pub mod api;
+pub mod discovery;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod storage;
+pub mod table;

@@ -169,7 +169,8 @@ impl Member {
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", HEARTBEAT_INTERVAL])
             .args(["--election-timeout", ELECTION_TIMEOUT])
-            .args(["--snapshot-count", SNAPSHOT_COUNT]);
+            .args(["--snapshot-count", SNAPSHOT_COUNT])
+            .args(["--listen-api-url", "none"]);
         command
     }
 

@@ -158,7 +158,9 @@ fn keelson_command(data_dir: &Path, client_url: &str) -> Command {
         .args(["--listen-client-urls", client_url])
         .args(["--advertise-client-urls", client_url])
         .args(["--listen-metrics-urls", "http://127.0.0.1:0"])
-        .args(["--experimental-watch-progress-notify-interval", "1s"]);
+        .args(["--experimental-watch-progress-notify-interval", "1s"])
+        // The store alone: the Kubernetes API would write keys of its own.
+        .args(["--listen-api-url", "none"]);
     command
 }
 

@@ -1,0 +1,1338 @@
+//! The REST API: paths to resources, verbs to handlers.
+//!
+//! ```text
+//!  request ─► authenticated? ─► route(path) ─► discovery │ get │ list │ watch │ create │ update │ patch │ delete
+//!                                                           └──────── Store (etcd API, compare-and-set) ──┘
+//! ```
+//!
+//! Objects are handled as JSON values: the server sets what it owns
+//! ([`crate::object`]), and every write is a transaction guarded on the
+//! object's revision, so concurrent writers get `409 Conflict`, never a
+//! lost update.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use base64::Engine;
+use futures::StreamExt;
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery;
+use crate::object::{self, metadata, with_version};
+use crate::openapi::OpenApi;
+use crate::patch::{self, PatchType};
+use crate::resources::{self, RESOURCES, Resource};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::storage::{Change, Store, Stored, WatchBatch, Written};
+use crate::table;
+
+/// The largest request body accepted (Kubernetes' own limit is 3 MiB per object).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// How long a watch runs when the client names no `timeoutSeconds`.
+const DEFAULT_WATCH_SECONDS: u64 = 1800;
+/// Patches retried this many times when the object moves underneath them.
+const PATCH_ATTEMPTS: usize = 5;
+
+/// Namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The API server's shared state.
+#[derive(Debug)]
+pub struct Api {
+    store: Store,
+    /// `host:port` clients reach this server at.
+    address: String,
+    /// Ends open watches when the server stops.
+    shutdown: CancellationToken,
+}
+
+/// Where a request points.
+#[derive(Debug)]
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self) -> Result<String> {
+        let name = self.name.as_deref().ok_or_else(ApiError::no_such_path)?;
+        Ok(self.resource.key(self.namespace.as_deref(), name))
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or_default()
+    }
+}
+
+/// Query parameters, percent-decoded.
+#[derive(Debug, Default)]
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        let mut map = HashMap::new();
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            map.insert(decode_component(k), decode_component(v));
+        }
+        Query(map)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+
+    fn number(&self, key: &str) -> Result<Option<i64>> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid {key}: {v:?}")))
+            })
+            .transpose()
+    }
+}
+
+fn decode_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).map(|d| d as u8)
+}
+
+/// A list continuation: the revision the list is read at and the next key.
+fn encode_continue(revision: i64, next_key: &[u8]) -> String {
+    let token = json!({"rv": revision, "start": String::from_utf8_lossy(next_key)});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(i64, Vec<u8>)> {
+    let bad = || ApiError::bad_request("invalid continue token");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let revision = value["rv"].as_i64().ok_or_else(bad)?;
+    let start = value["start"].as_str().ok_or_else(bad)?;
+    Ok((revision, start.as_bytes().to_vec()))
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(value.to_string()));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(error: &ApiError) -> Response<Body> {
+    json_response(
+        StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &error.to_status(),
+    )
+}
+
+fn wants_table(request: &Request<Body>) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=Table"))
+}
+
+/// The stored bytes of an object, as the object clients see.
+fn decode_stored(stored: &Stored) -> Result<Value> {
+    let object: Value = serde_json::from_slice(&stored.value).map_err(|e| {
+        ApiError::internal(format!(
+            "object at {} does not decode: {e}",
+            String::from_utf8_lossy(&stored.key)
+        ))
+    })?;
+    Ok(with_version(object, stored.mod_revision))
+}
+
+fn encode(object: &Value) -> Vec<u8> {
+    let mut stored = object.clone();
+    metadata(&mut stored).remove("resourceVersion");
+    stored.to_string().into_bytes()
+}
+
+/// The verb a request performs, for metrics and logs.
+fn verb(method: &Method, target: Option<&Target>, watch: bool) -> &'static str {
+    let named = target.is_some_and(|t| t.name.is_some());
+    match *method {
+        Method::GET if watch => "WATCH",
+        Method::GET if named => "GET",
+        Method::GET => "LIST",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE if named => "DELETE",
+        Method::DELETE => "DELETECOLLECTION",
+        _ => "OTHER",
+    }
+}
+
+impl Api {
+    pub fn new(store: Store, address: String, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            address,
+            shutdown,
+        })
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub async fn ensure_system_namespaces(&self) -> Result<()> {
+        let namespaces =
+            resources::find("", "v1", "namespaces").ok_or_else(ApiError::no_such_path)?;
+        for name in SYSTEM_NAMESPACES {
+            let mut object = json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            });
+            object::prepare_create(namespaces, &mut object, None)?;
+            self.store
+                .create(namespaces.key(None, name).as_bytes(), encode(&object))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Answers one request. `authenticated`: the client presented a
+    /// certificate the cluster CA signed.
+    pub async fn serve(
+        self: Arc<Self>,
+        authenticated: bool,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let (response, verb, resource) = if authenticated {
+            self.route(request).await
+        } else {
+            (Err(ApiError::unauthorized()), "OTHER", String::new())
+        };
+        let response = response.unwrap_or_else(|error| error_response(&error));
+        let code = response.status().as_u16().to_string();
+        let elapsed = started.elapsed();
+        metrics::counter!("apiserver_request_total", "verb" => verb, "resource" => resource.clone(), "code" => code.clone()).increment(1);
+        if verb != "WATCH" {
+            metrics::histogram!("apiserver_request_duration_seconds", "verb" => verb, "resource" => resource.clone())
+                .record(elapsed.as_secs_f64());
+        }
+        tracing::debug!(%method, %path, verb, resource, code, elapsed_ms = elapsed.as_millis() as u64, "request");
+        response
+    }
+
+    async fn route(
+        &self,
+        request: Request<Body>,
+    ) -> (Result<Response<Body>>, &'static str, String) {
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let document = match segments.as_slice() {
+            ["version"] => Some(Ok(discovery::version())),
+            ["api"] => Some(Ok(discovery::core_versions(&self.address))),
+            ["apis"] => Some(Ok(discovery::groups())),
+            ["apis", group] => Some(discovery::group(group).ok_or_else(ApiError::no_such_path)),
+            ["api", "v1"] => {
+                Some(discovery::resource_list("", "v1").ok_or_else(ApiError::no_such_path))
+            }
+            ["apis", group, version] => {
+                Some(discovery::resource_list(group, version).ok_or_else(ApiError::no_such_path))
+            }
+            ["openapi", "v3"] => Some(Ok(OpenApi::get().root())),
+            ["openapi", "v3", rest @ ..] => Some(
+                OpenApi::get()
+                    .document(&rest.join("/"))
+                    .cloned()
+                    .ok_or_else(ApiError::no_such_path),
+            ),
+            _ => None,
+        };
+        if let Some(document) = document {
+            return (
+                document.map(|d| json_response(StatusCode::OK, &d)),
+                "GET",
+                String::new(),
+            );
+        }
+        if matches!(segments.as_slice(), ["healthz" | "livez" | "readyz"]) {
+            let mut ok = Response::new(Body::from("ok"));
+            ok.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain"),
+            );
+            return (Ok(ok), "GET", String::new());
+        }
+        let target = match segments.as_slice() {
+            ["api", "v1", rest @ ..] => parse_target("", "v1", rest),
+            ["apis", group, version, rest @ ..] => parse_target(group, version, rest),
+            _ => None,
+        };
+        let Some(target) = target else {
+            return (Err(ApiError::no_such_path()), "OTHER", String::new());
+        };
+        let query = Query::parse(request.uri().query());
+        let watch = query.flag("watch");
+        let verb = verb(request.method(), Some(&target), watch);
+        let resource = target.resource.plural.to_owned();
+        (self.handle(target, query, request).await, verb, resource)
+    }
+
+    async fn handle(
+        &self,
+        target: Target,
+        query: Query,
+        request: Request<Body>,
+    ) -> Result<Response<Body>> {
+        let table = wants_table(&request);
+        let method = request.method().clone();
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+        let sub = target.subresource.clone();
+        let named = target.name.is_some();
+        if target.resource.namespaced
+            && target.namespace.is_none()
+            && (named || method != Method::GET)
+        {
+            return Err(ApiError::no_such_path());
+        }
+        if let Some(sub) = sub.as_deref()
+            && !target.resource.has(sub)
+        {
+            return Err(ApiError::no_such_path());
+        }
+        let mut warnings = Vec::new();
+        let validation = Validation::from_query(&query)?;
+        let (code, value) = match (method, named, sub.as_deref()) {
+            (Method::GET, false, None) if query.flag("watch") => {
+                return self.watch(&target, &query, table);
+            }
+            (Method::GET, false, None) => {
+                (StatusCode::OK, self.list(&target, &query, table).await?)
+            }
+            (Method::GET, true, Some("scale")) => {
+                (StatusCode::OK, scale_of(&self.get(&target).await?))
+            }
+            (Method::GET, true, None | Some("status")) => {
+                let object = self.get(&target).await?;
+                if table {
+                    let rv = object["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    (
+                        StatusCode::OK,
+                        table::table(target.resource.kind, &[object], &rv, None),
+                    )
+                } else {
+                    (StatusCode::OK, object)
+                }
+            }
+            (Method::POST, false, None) => {
+                let created = self
+                    .create(
+                        &target,
+                        &query,
+                        &content_type,
+                        &body,
+                        (validation, &mut warnings),
+                    )
+                    .await?;
+                (StatusCode::CREATED, created)
+            }
+            (Method::POST, true, Some("binding")) => {
+                (StatusCode::CREATED, self.bind(&target, &body).await?)
+            }
+            (Method::POST, true, Some("eviction")) => {
+                self.delete(&target, &[]).await?;
+                (StatusCode::CREATED, success())
+            }
+            (Method::PUT, true, sub) => (
+                StatusCode::OK,
+                self.update(&target, sub, &body, (validation, &mut warnings))
+                    .await?,
+            ),
+            (Method::PATCH, true, sub) => {
+                let kind = PatchType::from_content_type(&content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                (
+                    StatusCode::OK,
+                    self.patch(&target, sub, kind, &body, (validation, &mut warnings))
+                        .await?,
+                )
+            }
+            (Method::DELETE, true, None) => (StatusCode::OK, self.delete(&target, &body).await?),
+            (Method::DELETE, false, None) => (
+                StatusCode::OK,
+                self.delete_collection(&target, &query).await?,
+            ),
+            (method, _, _) => {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method})"
+                )));
+            }
+        };
+        let mut response = json_response(code, &value);
+        for warning in warnings {
+            let text = format!("299 - {}", Value::String(warning));
+            if let Ok(value) = header::HeaderValue::from_str(&text) {
+                response.headers_mut().append(header::WARNING, value);
+            }
+        }
+        Ok(response)
+    }
+
+    async fn get(&self, target: &Target) -> Result<Value> {
+        let stored = self
+            .store
+            .get(target.key()?.as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
+        decode_stored(&stored)
+    }
+
+    async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
+        let resource = target.resource;
+        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let limit = query.number("limit")?.unwrap_or(0).max(0);
+        let prefix = resource.prefix(target.namespace.as_deref());
+        let (mut revision, mut start) = match query.get("continue") {
+            Some(token) => {
+                let (revision, start) = decode_continue(token)?;
+                (revision, Some(start))
+            }
+            None => (0, None),
+        };
+        if start.is_none()
+            && query.get("resourceVersionMatch") == Some("Exact")
+            && let Some(rv) = query.number("resourceVersion")?
+        {
+            revision = rv;
+        }
+        let mut items = Vec::new();
+        let mut next = None;
+        loop {
+            let page = self
+                .store
+                .list(prefix.as_bytes(), start.as_deref(), limit, revision)
+                .await?;
+            revision = page.revision;
+            let last = page.items.last().map(|s| s.key.clone());
+            for stored in &page.items {
+                let object = decode_stored(stored)?;
+                if labels.matches(&object) && fields.matches(&object) {
+                    items.push(object);
+                }
+            }
+            match last {
+                Some(mut key) if page.more => {
+                    key.push(0);
+                    if limit > 0 && items.len() as i64 >= limit {
+                        next = Some(encode_continue(revision, &key));
+                        break;
+                    }
+                    start = Some(key);
+                }
+                _ => break,
+            }
+        }
+        let rv = revision.to_string();
+        if table {
+            return Ok(table::table(resource.kind, &items, &rv, next.as_deref()));
+        }
+        let mut meta = json!({"resourceVersion": rv});
+        if let Some(token) = next {
+            meta["continue"] = json!(token);
+        }
+        Ok(json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version(),
+            "metadata": meta,
+            "items": items,
+        }))
+    }
+
+    async fn require_namespace(&self, namespace: &str) -> Result<()> {
+        let namespaces =
+            resources::find("", "v1", "namespaces").ok_or_else(ApiError::no_such_path)?;
+        let stored = self
+            .store
+            .get(namespaces.key(None, namespace).as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
+        let object = decode_stored(&stored)?;
+        if object["metadata"]["deletionTimestamp"].is_string() {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        target: &Target,
+        query: &Query,
+        content_type: &str,
+        body: &[u8],
+        (validation, warnings): (Validation, &mut Vec<String>),
+    ) -> Result<Value> {
+        if !content_type.starts_with("application/json") && !content_type.is_empty() {
+            return Err(ApiError::unsupported_media_type(content_type));
+        }
+        let resource = target.resource;
+        let mut object = object::decode(resource, body)?;
+        validation.check(resource, &mut object, warnings)?;
+        if let Some(namespace) = target.namespace.as_deref() {
+            self.require_namespace(namespace).await?;
+        }
+        let name = object::prepare_create(resource, &mut object, target.namespace.as_deref())?;
+        defaults_on_create(resource, &mut object);
+        if query.get("dryRun").is_some() {
+            return Ok(object);
+        }
+        let key = resource.key(target.namespace.as_deref(), &name);
+        match self.store.create(key.as_bytes(), encode(&object)).await? {
+            Written::Ok(revision) => Ok(with_version(object, revision)),
+            Written::Conflict(_) => Err(ApiError::already_exists(resource, &name)),
+        }
+    }
+
+    /// Replaces the object (or its status, or its scale).
+    async fn update(
+        &self,
+        target: &Target,
+        sub: Option<&str>,
+        body: &[u8],
+        (validation, warnings): (Validation, &mut Vec<String>),
+    ) -> Result<Value> {
+        let resource = target.resource;
+        let mut given = match sub {
+            Some("scale") => {
+                let scale: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+                })?;
+                return self.rescale(target, &scale).await;
+            }
+            _ => object::decode(resource, body)?,
+        };
+        validation.check(resource, &mut given, warnings)?;
+        let name = object::name_of(&given);
+        if !name.is_empty() && name != target.name() {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({name}) does not match the name on the URL ({})",
+                target.name()
+            )));
+        }
+        let precondition = given["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
+            })
+            .transpose()?;
+        let key = target.key()?;
+        let current = self
+            .store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
+        if precondition.is_some_and(|rv| rv != current.mod_revision) {
+            return Err(ApiError::conflict(resource, target.name()));
+        }
+        let current_object = decode_stored(&current)?;
+        let updated = merge_update(resource, sub, &current_object, given);
+        self.write_update(target, &current_object, updated, current.mod_revision)
+            .await
+    }
+
+    /// Writes `updated` over `current` (at `revision`); completes a deletion
+    /// whose last finalizer is gone.
+    async fn write_update(
+        &self,
+        target: &Target,
+        current: &Value,
+        mut updated: Value,
+        revision: i64,
+    ) -> Result<Value> {
+        let resource = target.resource;
+        object::prepare_update(current, &mut updated);
+        let key = target.key()?;
+        let finalized = updated["metadata"]["deletionTimestamp"].is_string()
+            && updated["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty);
+        let written = if finalized {
+            self.store.delete(key.as_bytes(), revision).await?
+        } else {
+            self.store
+                .update(key.as_bytes(), encode(&updated), revision)
+                .await?
+        };
+        match written {
+            Written::Ok(revision) => Ok(with_version(updated, revision)),
+            Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
+            Written::Conflict(Some(_)) => Err(ApiError::conflict(resource, target.name())),
+        }
+    }
+
+    async fn patch(
+        &self,
+        target: &Target,
+        sub: Option<&str>,
+        kind: PatchType,
+        body: &[u8],
+        (validation, warnings): (Validation, &mut Vec<String>),
+    ) -> Result<Value> {
+        let resource = target.resource;
+        for _ in 0..PATCH_ATTEMPTS {
+            let key = target.key()?;
+            let current = self
+                .store
+                .get(key.as_bytes())
+                .await?
+                .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
+            let current_object = decode_stored(&current)?;
+            if sub == Some("scale") {
+                let mut scale = scale_of(&current_object);
+                patch::apply(kind, &mut scale, body)?;
+                return self.rescale(target, &scale).await;
+            }
+            let mut patched = current_object.clone();
+            patch::apply(kind, &mut patched, body)?;
+            warnings.clear();
+            validation.check(resource, &mut patched, warnings)?;
+            let precondition = patched["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_owned);
+            if precondition.is_some_and(|rv| rv != current.mod_revision.to_string()) {
+                return Err(ApiError::conflict(resource, target.name()));
+            }
+            let updated = merge_update(resource, sub, &current_object, patched);
+            match self
+                .write_update(target, &current_object, updated, current.mod_revision)
+                .await
+            {
+                Err(error) if error.reason == "Conflict" => continue,
+                outcome => return outcome,
+            }
+        }
+        Err(ApiError::conflict(resource, target.name()))
+    }
+
+    /// Sets the replicas of a scalable object from a `Scale`.
+    async fn rescale(&self, target: &Target, scale: &Value) -> Result<Value> {
+        let replicas = scale["spec"]["replicas"]
+            .as_i64()
+            .filter(|r| *r >= 0)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    target.resource,
+                    target.name(),
+                    vec![crate::status::Cause::invalid(
+                        "spec.replicas",
+                        &scale["spec"]["replicas"].to_string(),
+                        "must be greater than or equal to 0",
+                    )],
+                )
+            })?;
+        let key = target.key()?;
+        let current = self
+            .store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
+        let current_object = decode_stored(&current)?;
+        if let Some(rv) = scale["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            && rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::conflict(target.resource, target.name()));
+        }
+        let mut updated = current_object.clone();
+        updated["spec"]["replicas"] = json!(replicas);
+        let written = self
+            .write_update(target, &current_object, updated, current.mod_revision)
+            .await?;
+        Ok(scale_of(&written))
+    }
+
+    /// `pods/binding`: assigns an unassigned pod to a node.
+    async fn bind(&self, target: &Target, body: &[u8]) -> Result<Value> {
+        let binding: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        let node = binding["target"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    target.resource,
+                    target.name(),
+                    vec![crate::status::Cause::required("target.name")],
+                )
+            })?;
+        let key = target.key()?;
+        let current = self
+            .store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
+        let pod = decode_stored(&current)?;
+        if let Some(assigned) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict_because(format!(
+                "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{assigned}\"",
+                target.name(),
+                target.name()
+            )));
+        }
+        let mut bound = pod.clone();
+        bound["spec"]["nodeName"] = json!(node);
+        set_condition(&mut bound, "PodScheduled", "True", None, None);
+        self.write_update(target, &pod, bound, current.mod_revision)
+            .await?;
+        Ok(success())
+    }
+
+    async fn delete(&self, target: &Target, body: &[u8]) -> Result<Value> {
+        let resource = target.resource;
+        let options: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+            })?
+        };
+        let key = target.key()?;
+        let current = self
+            .store
+            .get(key.as_bytes())
+            .await?
+            .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
+        let object = decode_stored(&current)?;
+        let preconditions = &options["preconditions"];
+        if preconditions["uid"]
+            .as_str()
+            .is_some_and(|uid| object["metadata"]["uid"] != json!(uid))
+            || preconditions["resourceVersion"]
+                .as_str()
+                .is_some_and(|rv| rv != current.mod_revision.to_string())
+        {
+            return Err(ApiError::conflict(resource, target.name()));
+        }
+        let mut finalizers: Vec<Value> = object["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if options["propagationPolicy"] == "Foreground"
+            && !finalizers.contains(&json!("foregroundDeletion"))
+        {
+            finalizers.push(json!("foregroundDeletion"));
+        }
+        let graceful = resource.plural == "pods"
+            && object["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+            && options["gracePeriodSeconds"].as_i64() != Some(0);
+        if resource.plural == "namespaces" || !finalizers.is_empty() || graceful {
+            if object["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(object);
+            }
+            let mut marked = object.clone();
+            let grace = options["gracePeriodSeconds"]
+                .as_i64()
+                .or_else(|| object["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(0);
+            let meta = metadata(&mut marked);
+            meta.insert("deletionTimestamp".into(), json!(object::now()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if !finalizers.is_empty() {
+                meta.insert("finalizers".into(), json!(finalizers));
+            }
+            if resource.plural == "namespaces" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            let key = key.clone();
+            let written = match self
+                .store
+                .update(key.as_bytes(), encode(&marked), current.mod_revision)
+                .await?
+            {
+                Written::Ok(revision) => with_version(marked, revision),
+                Written::Conflict(_) => return Err(ApiError::conflict(resource, target.name())),
+            };
+            if resource.plural == "namespaces" {
+                self.empty_namespace(target.name()).await?;
+            }
+            return Ok(written);
+        }
+        match self
+            .store
+            .delete(key.as_bytes(), current.mod_revision)
+            .await?
+        {
+            Written::Ok(_) => Ok(object),
+            Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
+            Written::Conflict(Some(_)) => Err(ApiError::conflict(resource, target.name())),
+        }
+    }
+
+    /// Deletes everything in a terminating namespace, then the namespace.
+    async fn empty_namespace(&self, namespace: &str) -> Result<()> {
+        let mut prefixes: Vec<String> = RESOURCES
+            .iter()
+            .filter(|r| r.namespaced)
+            .map(|r| r.prefix(Some(namespace)))
+            .collect();
+        prefixes.dedup();
+        for prefix in prefixes {
+            self.store.delete_prefix(prefix.as_bytes()).await?;
+        }
+        let namespaces =
+            resources::find("", "v1", "namespaces").ok_or_else(ApiError::no_such_path)?;
+        let key = namespaces.key(None, namespace);
+        if let Some(stored) = self.store.get(key.as_bytes()).await? {
+            self.store
+                .delete(key.as_bytes(), stored.mod_revision)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_collection(&self, target: &Target, query: &Query) -> Result<Value> {
+        let listed = self.list(target, query, false).await?;
+        let mut deleted = Vec::new();
+        for item in listed["items"].as_array().into_iter().flatten() {
+            let one = Target {
+                resource: target.resource,
+                namespace: item["metadata"]["namespace"].as_str().map(str::to_owned),
+                name: Some(object::name_of(item).to_owned()),
+                subresource: None,
+            };
+            match self.delete(&one, &[]).await {
+                Ok(object) => deleted.push(object),
+                Err(error) if error.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(json!({
+            "kind": format!("{}List", target.resource.kind),
+            "apiVersion": target.resource.api_version(),
+            "metadata": {"resourceVersion": listed["metadata"]["resourceVersion"]},
+            "items": deleted,
+        }))
+    }
+
+    /// `?watch=true`: a stream of `{"type", "object"}` lines.
+    fn watch(&self, target: &Target, query: &Query, table: bool) -> Result<Response<Body>> {
+        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let from =
+            match query.get("resourceVersion") {
+                None | Some("0") => None,
+                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+            };
+        let seconds = query
+            .number("timeoutSeconds")?
+            .map_or(DEFAULT_WATCH_SECONDS, |s| s.max(1) as u64);
+        let watcher = Watcher {
+            store: self.store.clone(),
+            resource: target.resource,
+            prefix: target.resource.prefix(target.namespace.as_deref()),
+            labels,
+            fields,
+            bookmarks: query.flag("allowWatchBookmarks"),
+            table,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+        let shutdown = self.shutdown.clone();
+        let (lines, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watcher.run(from, &lines) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
+            .map(Ok::<_, std::convert::Infallible>);
+        let mut response = Response::new(Body::from_stream(stream));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
+    }
+}
+
+/// What to do with fields a request body's schema does not know
+/// (`?fieldValidation=`; Kubernetes' default is `Warn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Validation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl Validation {
+    fn from_query(query: &Query) -> Result<Self> {
+        match query.get("fieldValidation") {
+            None | Some("Warn") => Ok(Self::Warn),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            ))),
+        }
+    }
+
+    /// Refuses values of the wrong type; refuses, reports or drops unknown fields.
+    fn check(
+        self,
+        resource: &Resource,
+        object: &mut Value,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        let refuse = |detail: String| {
+            ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {detail}",
+                kind = resource.kind,
+                version = resource.version,
+            ))
+        };
+        let unknown = OpenApi::get().check(resource, object).map_err(refuse)?;
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        if self == Self::Strict {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field {f:?}"))
+                .collect();
+            return Err(refuse(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
+        }
+        for field in &unknown {
+            object::remove_path(object, field);
+            if self == Self::Warn {
+                warnings.push(format!("unknown field {field:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feeds one watch.
+struct Watcher {
+    store: Store,
+    resource: &'static Resource,
+    prefix: String,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    bookmarks: bool,
+    table: bool,
+}
+
+fn event_line(kind: &str, object: &Value) -> Vec<u8> {
+    let mut line = json!({"type": kind, "object": object})
+        .to_string()
+        .into_bytes();
+    line.push(b'\n');
+    line
+}
+
+impl Watcher {
+    /// An event about `object`: the object, or a one-row table of it when
+    /// the client asked for tables (`kubectl get -w`).
+    fn line(&self, kind: &str, object: &Value) -> Vec<u8> {
+        if self.table {
+            let rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            let table = table::table(self.resource.kind, std::slice::from_ref(object), rv, None);
+            return event_line(kind, &table);
+        }
+        event_line(kind, object)
+    }
+
+    fn selected(&self, object: &Value) -> bool {
+        self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// Sends events until the client goes away or the store ends the watch.
+    async fn run(self, from: Option<i64>, lines: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+        if let Err(error) = self.events(from, lines).await {
+            let error = ApiError::from(error);
+            let status = if error.code == 410 {
+                ApiError::gone(format!("too old resource version: {}", from.unwrap_or(0)))
+                    .to_status()
+            } else {
+                error.to_status()
+            };
+            drop(lines.send(event_line("ERROR", &status)).await);
+        }
+    }
+
+    async fn events(
+        &self,
+        from: Option<i64>,
+        lines: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> std::result::Result<(), crate::storage::StoreError> {
+        // Without a version, the watch starts with the current state.
+        let start = match from {
+            Some(rv) => rv + 1,
+            None => {
+                let page = self.store.list(self.prefix.as_bytes(), None, 0, 0).await?;
+                for stored in &page.items {
+                    let Ok(object) = decode_stored(stored) else {
+                        continue;
+                    };
+                    if self.selected(&object)
+                        && lines.send(self.line("ADDED", &object)).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                page.revision + 1
+            }
+        };
+        let mut watch = self.store.watch(self.prefix.as_bytes(), start).await?;
+        loop {
+            let batch = watch.next().await?;
+            let events: Vec<Vec<u8>> = match batch {
+                WatchBatch::Progress(revision) if self.bookmarks => {
+                    let bookmark = json!({
+                        "kind": self.resource.kind,
+                        "apiVersion": self.resource.api_version(),
+                        "metadata": {"resourceVersion": revision.to_string()},
+                    });
+                    vec![event_line("BOOKMARK", &bookmark)]
+                }
+                WatchBatch::Progress(_) => Vec::new(),
+                WatchBatch::Changes(changes) => {
+                    changes.iter().filter_map(|c| self.event(c)).collect()
+                }
+            };
+            for line in events {
+                if lines.send(line).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A change as the event a client with this watch's selectors sees.
+    fn event(&self, change: &Change) -> Option<Vec<u8>> {
+        match change {
+            Change::Put {
+                kv,
+                created,
+                previous,
+            } => {
+                let object = decode_stored(kv).ok()?;
+                let was = previous
+                    .as_ref()
+                    .and_then(|p| decode_stored(p).ok())
+                    .is_some_and(|p| self.selected(&p));
+                match (was && !created, self.selected(&object)) {
+                    (false, true) => Some(self.line("ADDED", &object)),
+                    (true, true) => Some(self.line("MODIFIED", &object)),
+                    (true, false) => Some(self.line("DELETED", &object)),
+                    (false, false) => None,
+                }
+            }
+            Change::Deleted { previous, revision } => {
+                let object = with_version(decode_stored(previous.as_ref()?).ok()?, *revision);
+                self.selected(&object)
+                    .then(|| self.line("DELETED", &object))
+            }
+        }
+    }
+}
+
+/// `{"kind": "Status", "status": "Success"}`.
+fn success() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// The target a path below `/api/v1` or `/apis/GROUP/VERSION` names.
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let owned = |s: Option<&&str>| s.map(|s| (*s).to_owned());
+    if let ["namespaces", namespace, plural, tail @ ..] = rest
+        && let Some(resource) = resources::find(group, version, plural)
+        && resource.namespaced
+        && tail.len() <= 2
+    {
+        return Some(Target {
+            resource,
+            namespace: Some((*namespace).to_owned()),
+            name: owned(tail.first()),
+            subresource: owned(tail.get(1)),
+        });
+    }
+    let (plural, tail) = rest.split_first()?;
+    let resource = resources::find(group, version, plural)?;
+    if tail.len() > 2 || (resource.namespaced && !tail.is_empty()) {
+        return None;
+    }
+    Some(Target {
+        resource,
+        namespace: None,
+        name: owned(tail.first()),
+        subresource: owned(tail.get(1)),
+    })
+}
+
+/// What an update of `resource` (or of its `sub`resource) keeps from
+/// `current`: the main resource keeps the status, `status` keeps the rest.
+fn merge_update(resource: &Resource, sub: Option<&str>, current: &Value, given: Value) -> Value {
+    match sub {
+        Some("status") => {
+            let mut updated = current.clone();
+            updated["status"] = given["status"].clone();
+            updated
+        }
+        _ if resource.has("status") && resource.plural != "namespaces" => {
+            let mut updated = given;
+            match current.get("status") {
+                Some(status) => updated["status"] = status.clone(),
+                None => {
+                    if let Value::Object(map) = &mut updated {
+                        map.remove("status");
+                    }
+                }
+            }
+            updated
+        }
+        _ => given,
+    }
+}
+
+/// Defaults the server sets at creation.
+fn defaults_on_create(resource: &Resource, object: &mut Value) {
+    match resource.plural {
+        "namespaces" => {
+            object["spec"]["finalizers"] = json!(["kubernetes"]);
+            object["status"] = json!({"phase": "Active"});
+            let name = object::name_of(object).to_owned();
+            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        }
+        "pods" => {
+            let phase = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            object["status"] = phase;
+        }
+        "deployments"
+        | "replicasets"
+        | "statefulsets"
+        | "daemonsets"
+        | "jobs"
+        | "horizontalpodautoscalers" => {
+            object["status"] = json!({});
+        }
+        "services" => {
+            object["status"] = json!({"loadBalancer": {}});
+        }
+        _ => {}
+    }
+}
+
+/// Sets a condition of `object.status.conditions`.
+fn set_condition(
+    object: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
+    let mut condition =
+        json!({"type": kind, "status": status, "lastTransitionTime": object::now()});
+    if let Some(reason) = reason {
+        condition["reason"] = json!(reason);
+    }
+    if let Some(message) = message {
+        condition["message"] = json!(message);
+    }
+    let conditions = &mut object["status"]["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    if let Value::Array(list) = conditions {
+        list.retain(|c| c["type"] != kind);
+        list.push(condition);
+    }
+}
+
+/// The `autoscaling/v1` `Scale` of a scalable object.
+fn scale_of(object: &Value) -> Value {
+    let selector = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = &object["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_targets() {
+        let t = parse_target(
+            "",
+            "v1",
+            &["namespaces", "default", "pods", "web", "status"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t.resource.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            ("pods", Some("default"), Some("web"), Some("status"))
+        );
+        let ns = parse_target("", "v1", &["namespaces", "default"]).unwrap();
+        assert_eq!(
+            (ns.resource.plural, ns.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
+        let all = parse_target("apps", "v1", &["deployments"]).unwrap();
+        assert_eq!((all.resource.plural, all.namespace), ("deployments", None));
+        assert!(
+            parse_target("", "v1", &["pods", "web"]).is_none(),
+            "a namespaced object needs its namespace"
+        );
+        assert!(parse_target("", "v1", &["nope"]).is_none());
+        let node = parse_target("", "v1", &["nodes", "n1", "status"]).unwrap();
+        assert_eq!(node.subresource.as_deref(), Some("status"));
+    }
+
+    #[test]
+    fn queries_are_percent_decoded() {
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Ctier+in+(a)&watch=true&limit=5",
+        ));
+        assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
+        assert!(q.flag("watch"));
+        assert_eq!(q.number("limit").unwrap(), Some(5));
+        assert!(Query::parse(Some("limit=x")).number("limit").is_err());
+        assert_eq!(decode_component("100%"), "100%");
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let token = encode_continue(42, b"/registry/pods/default/b\0");
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (42, b"/registry/pods/default/b\0".to_vec())
+        );
+        assert!(decode_continue("not a token!").is_err());
+    }
+
+    #[test]
+    fn updates_touch_only_their_part() {
+        let deploy = resources::find("apps", "v1", "deployments").unwrap();
+        let current = json!({"spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let given = json!({"spec": {"replicas": 2}, "status": {"replicas": 9}});
+        let main = merge_update(deploy, None, &current, given.clone());
+        assert_eq!(
+            (
+                main["spec"]["replicas"].as_i64(),
+                main["status"]["replicas"].as_i64()
+            ),
+            (Some(2), Some(1))
+        );
+        let status = merge_update(deploy, Some("status"), &current, given);
+        assert_eq!(
+            (
+                status["spec"]["replicas"].as_i64(),
+                status["status"]["replicas"].as_i64()
+            ),
+            (Some(1), Some(9))
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The API server's process-level life: certificates, TLS, connections.
+//!
+//! ```text
+//!  run(config, listener, shutdown)
+//!    ├─ CA from the store (made by the first member) ─► serving cert, admin kubeconfig
+//!    ├─ system namespaces
+//!    └─ accept ─► TLS (client certificate optional) ─► HTTP/1.1 or HTTP/2 ─► Api::serve
+//! ```
+//!
+//! A client without a certificate gets through the handshake and is
+//! answered `401 Unauthorized`; one whose certificate the cluster CA did not
+//! sign fails the handshake.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Api;
+use crate::pki::{ClusterCa, PkiError, kubeconfig};
+use crate::storage::{Store, StoreError, Written};
+
+/// The store key of the cluster CA.
+const CA_KEY: &[u8] = b"/keelson/pki/ca";
+/// The admin's identity in its client certificate (as kubeadm names it).
+const ADMIN_USER: &str = "kubernetes-admin";
+const ADMIN_GROUP: &str = "system:masters";
+
+/// What the API server needs to start, apart from its listener.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where `pki/` and `admin.kubeconfig` are written.
+    pub data_dir: PathBuf,
+    /// etcd endpoints (`http://host:port`) of the store.
+    pub store_endpoints: Vec<String>,
+    /// Names and addresses the serving certificate is also valid for.
+    pub extra_hosts: Vec<String>,
+    /// The kubeconfig's cluster and context name.
+    pub cluster_name: String,
+}
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    #[error("cannot reach the store")]
+    Store(#[from] StoreError),
+    #[error("certificates")]
+    Pki(#[from] PkiError),
+    #[error("the stored cluster CA is not valid JSON")]
+    CorruptCa(#[source] serde_json::Error),
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS client verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address")]
+    Listener(#[source] std::io::Error),
+    #[error("stopped before the store answered")]
+    Stopped,
+}
+
+type Result<T, E = ApiServerError> = std::result::Result<T, E>;
+
+/// Retries `attempt` until it succeeds or `shutdown`: the store may still
+/// be electing its first leader when the API server starts.
+async fn patiently<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                tracing::debug!(%error, what, "store not ready; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Err(ApiServerError::Stopped),
+        }
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The cluster CA: the one in the store, or a new one stored first.
+async fn cluster_ca(store: &Store) -> Result<ClusterCa> {
+    let parse = |bytes: &[u8]| {
+        serde_json::from_slice::<ClusterCa>(bytes).map_err(ApiServerError::CorruptCa)
+    };
+    if let Some(stored) = store.get(CA_KEY).await? {
+        return parse(&stored.value);
+    }
+    let ca = ClusterCa::generate()?;
+    let encoded = serde_json::to_vec(&ca).map_err(ApiServerError::CorruptCa)?;
+    match store.create(CA_KEY, encoded).await? {
+        Written::Ok(_) => {
+            tracing::info!("made the cluster CA");
+            Ok(ca)
+        }
+        // Another member made it first.
+        Written::Conflict(Some(stored)) => parse(&stored.value),
+        Written::Conflict(None) => Err(ApiServerError::Stopped),
+    }
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
+    let failed = |source| ApiServerError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    let temporary = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if private { 0o600 } else { 0o644 });
+        }
+        let mut file = options.open(&temporary).map_err(failed)?;
+        file.write_all(contents.as_bytes()).map_err(failed)?;
+        file.sync_all().map_err(failed)?;
+    }
+    std::fs::rename(&temporary, path).map_err(failed)
+}
+
+/// The address clients should use: a wildcard listener is reached on loopback.
+pub fn reachable(address: SocketAddr) -> SocketAddr {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    address
+}
+
+fn tls_config(ca: &ClusterCa, serving: &crate::pki::Issued) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()).flatten() {
+        roots.add(cert)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
+            .flatten()
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
+        .map_err(|e| rustls::Error::General(format!("serving key: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the Kubernetes API on `listener` until `shutdown`.
+pub async fn run(
+    config: ApiConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let address = reachable(listener.local_addr().map_err(ApiServerError::Listener)?);
+    let store = Store::connect(&config.store_endpoints)?;
+    let ca = patiently(&shutdown, "cluster CA", || cluster_ca(&store)).await?;
+
+    let mut hosts = vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        address.ip().to_string(),
+    ];
+    hosts.extend(config.extra_hosts.iter().cloned());
+    hosts.sort();
+    hosts.dedup();
+    let serving = ca.issue_server(&hosts)?;
+    let admin = ca.issue_client(ADMIN_USER, &[ADMIN_GROUP])?;
+    let pki = config.data_dir.join("pki");
+    write(&pki.join("ca.crt"), &ca.cert_pem, false)?;
+    write(&pki.join("apiserver.crt"), &serving.cert_pem, false)?;
+    write(&pki.join("apiserver.key"), &serving.key_pem, true)?;
+    let server_url = format!("https://{address}");
+    let admin_config = kubeconfig(
+        &config.cluster_name,
+        &server_url,
+        &ca.cert_pem,
+        ADMIN_USER,
+        &admin,
+    );
+    write(
+        &config.data_dir.join("admin.kubeconfig"),
+        &admin_config,
+        true,
+    )?;
+
+    let api = Api::new(store, address.to_string(), shutdown.clone());
+    patiently(&shutdown, "system namespaces", || async {
+        api.ensure_system_namespaces().await.map_err(|e| {
+            ApiServerError::Store(StoreError::Request(tonic::Status::unavailable(e.message)))
+        })
+    })
+    .await?;
+
+    let acceptor = TlsAcceptor::from(tls_config(&ca, &serving)?);
+    tracing::info!(address = %address, kubeconfig = %config.data_dir.join("admin.kubeconfig").display(), "serving Kubernetes API");
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        drop(socket.set_nodelay(true));
+        let (acceptor, api, shutdown) = (acceptor.clone(), api.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let tls = match acceptor.accept(socket).await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "TLS handshake refused");
+                    return;
+                }
+            };
+            let authenticated = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let api = api.clone();
+                    async move {
+                        let request = request.map(axum::body::Body::new);
+                        Ok::<_, std::convert::Infallible>(api.serve(authenticated, request).await)
+                    }
+                },
+            );
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                outcome = connection.as_mut() => {
+                    if let Err(error) = outcome {
+                        tracing::debug!(%peer, %error, "connection ended");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    drop(tokio::time::timeout(Duration::from_secs(5), connection).await);
+                }
+            }
+        });
+    }
+    connections.close();
+    drop(tokio::time::timeout(Duration::from_secs(10), connections.wait()).await);
+    tracing::info!("Kubernetes API stopped");
+    Ok(())
+}
