@@ -5,18 +5,38 @@
 #   build:  gcc, pkg-config, librocksdb-dev (RocksDB is linked, not built),
 #           libclang-dev (bindgen for the RocksDB bindings)
 #   tests:  etcd-client (etcdctl), etcd-server (to check tests against real
-#           etcd), protobuf-compiler (the etcd-client crate's build needs it)
+#           etcd), protobuf-compiler (the etcd-client crate's build needs it),
+#           python3-venv and, in a virtualenv at KEELSON_PYTHON_ENV
+#           (/var/cache/keelson/python), the official Kubernetes Python client
 set -euo pipefail
 
-packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev etcd-client etcd-server protobuf-compiler curl)
+packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev etcd-client etcd-server protobuf-compiler curl python3-venv)
+python_env=${KEELSON_PYTHON_ENV:-/var/cache/keelson/python}
+# The Python client of the Kubernetes version kubectl speaks (1.32).
+python_client=kubernetes==32.0.1
+
+# install_python_client: the virtualenv the Python client tests use.
+install_python_client() {
+  if "$python_env/bin/python" -c 'import kubernetes' 2>/dev/null; then
+    return
+  fi
+  echo "==> installing the Kubernetes Python client into $python_env"
+  python3 -m venv "$python_env"
+  "$python_env/bin/pip" install --quiet --disable-pip-version-check "$python_client"
+}
 
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 
+# kubectl (1.32) drives the Kubernetes API in the tests; it is not a
+# Debian package, so it is only checked for.
+command -v kubectl >/dev/null || echo "keelson: kubectl is not installed; the kubectl tests need kubectl 1.32 on PATH" >&2
+
 if ((${#missing[@]} == 0)); then
   echo "==> system packages: all present"
+  install_python_client
   exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then
@@ -33,3 +53,4 @@ if systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 echo "==> system packages: done"
+install_python_client

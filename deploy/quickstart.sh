@@ -43,6 +43,18 @@ etcdctl --endpoints "$endpoint" put greeting "hello from keelson"
 etcdctl --endpoints "$endpoint" get greeting
 etcdctl --endpoints "$endpoint" endpoint status -w table
 set +x
+
+kubeconfig=$home/data/admin.kubeconfig
+for _ in $(seq 100); do
+  [[ -f $kubeconfig ]] && break
+  sleep 0.1
+done
+if command -v kubectl >/dev/null; then
+  echo "==> kubectl against keelson"
+  set -x
+  KUBECONFIG=$kubeconfig kubectl get namespaces
+  set +x
+fi
 cat <<EOT
 
 Keelson is running (pid $(cat "$home/keelson.pid"), log $home/keelson.log).
@@ -50,5 +62,7 @@ Keelson is running (pid $(cat "$home/keelson.pid"), log $home/keelson.log).
   etcdctl --endpoints $endpoint watch --prefix foo
   curl -s http://127.0.0.1:$metrics_port/metrics | grep ^etcd_
   $bin bench store put range --endpoints $endpoint --total 5000
+  export KUBECONFIG=$kubeconfig
+  kubectl apply -f tests/manifests/ && kubectl get deployments,services
 Stop it with: kill \$(cat $home/keelson.pid)
 EOT

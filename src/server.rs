@@ -93,11 +93,21 @@ pub(crate) struct ServerArgs {
         default_value = "https://127.0.0.1:6443"
     )]
     listen_api_url: String,
+    /// The range Service ClusterIPs are taken from (the first address is the
+    /// `kubernetes` Service's).
+    #[arg(long, env = "KEELSON_SERVICE_CLUSTER_IP_RANGE", default_value = "10.43.0.0/16", value_parser = parse_service_range)]
+    service_cluster_ip_range: keelson_control::allocate::ServiceRange,
     /// Serve only the Kubernetes API, storing objects in these etcd
     /// endpoints (`http://HOST:PORT`, comma-separated) instead of running a
     /// store member.
     #[arg(long, env = "KEELSON_ETCD_SERVERS", value_delimiter = ',')]
     etcd_servers: Vec<String>,
+}
+
+fn parse_service_range(text: &str) -> Result<keelson_control::allocate::ServiceRange, String> {
+    keelson_control::allocate::ServiceRange::parse(text).ok_or_else(|| {
+        format!("{text:?} is not an IPv4 CIDR with a prefix of 8 to 30 bits, like 10.43.0.0/16")
+    })
 }
 
 /// `https://host:port` → `host:port`; `None` for `none`.
@@ -124,6 +134,7 @@ async fn run_api(
     listener: TcpListener,
     data_dir: PathBuf,
     store_endpoints: Vec<String>,
+    service_range: keelson_control::allocate::ServiceRange,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = keelson_control::server::ApiConfig {
@@ -131,6 +142,7 @@ async fn run_api(
         store_endpoints,
         extra_hosts: host_name().into_iter().collect(),
         cluster_name: "keelson".into(),
+        service_range,
     };
     keelson_control::server::run(config, listener, shutdown)
         .await
@@ -234,6 +246,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("apiserver_request_duration_seconds".into()),
             &rpc,
         )?
+        .set_buckets_for_metric(Matcher::Full("etcd_request_duration_seconds".into()), &disk)?
         .set_buckets_for_metric(
             Matcher::Full("keelson_raft_proposal_batch_commands".into()),
             &batch,
@@ -248,6 +261,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
     let api = bind_api(&args.listen_api_url).await?;
+    let service_range = args.service_cluster_ip_range;
     if !args.etcd_servers.is_empty() {
         let Some(api) = api else {
             bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
@@ -255,7 +269,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         install_metrics()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        return run_api(api, data_dir, args.etcd_servers, shutdown).await;
+        return run_api(api, data_dir, args.etcd_servers, service_range, shutdown).await;
     }
     let mut clients = bind(&args.listen_client_urls).await?;
     if clients.len() != 1 {
@@ -345,6 +359,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             api,
             data_dir,
             vec![format!("http://{local}")],
+            service_range,
             shutdown.clone(),
         )
         .await;

@@ -21,6 +21,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::allocate::{self, ServiceRange};
 use crate::discovery;
 use crate::object::{self, metadata, with_version};
 use crate::openapi::OpenApi;
@@ -30,6 +31,7 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::storage::{Change, Store, Stored, WatchBatch, Written};
 use crate::table;
+use crate::{defaults, validation};
 
 /// The largest request body accepted (Kubernetes' own limit is 3 MiB per object).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -48,6 +50,8 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct Api {
     store: Store,
+    /// Where Service ClusterIPs come from.
+    services: ServiceRange,
     /// `host:port` clients reach this server at.
     address: String,
     /// Ends open watches when the server stops.
@@ -99,8 +103,12 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
+    /// A boolean as Go's `strconv.ParseBool` reads it (`true`, `True`, `1`, `t`, …).
     fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
+        matches!(
+            self.get(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 
     fn number(&self, key: &str) -> Result<Option<i64>> {
@@ -214,9 +222,15 @@ fn verb(method: &Method, target: Option<&Target>, watch: bool) -> &'static str {
 }
 
 impl Api {
-    pub fn new(store: Store, address: String, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        services: ServiceRange,
+        address: String,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            services,
             address,
             shutdown,
         })
@@ -239,7 +253,54 @@ impl Api {
                 .create(namespaces.key(None, name).as_bytes(), encode(&object))
                 .await?;
         }
+        // The `kubernetes` Service, on the range's first address, as every
+        // cluster has it.
+        let services = resources::find("", "v1", "services").ok_or_else(ApiError::no_such_path)?;
+        let key = services.key(Some("default"), "kubernetes");
+        if self.store.get(key.as_bytes()).await?.is_none() {
+            let ip = self.services.first().to_string();
+            let mut service = json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            });
+            object::prepare_create(services, &mut service, Some("default"))?;
+            defaults::apply(services, &mut service);
+            defaults_on_create(services, &mut service);
+            allocate::service(&self.store, self.services, &mut service, None)
+                .await
+                .or_else(|e| {
+                    // Taken by a member that got here first.
+                    if e.code == 422 { Ok(json!({})) } else { Err(e) }
+                })?;
+            self.store.create(key.as_bytes(), encode(&service)).await?;
+        }
         Ok(())
+    }
+
+    /// Counts the objects of every resource into `apiserver_storage_objects`,
+    /// every `period`, until shutdown.
+    pub async fn count_objects(self: Arc<Self>, period: Duration) {
+        let mut counted: Vec<(&str, String)> = Vec::new();
+        for r in RESOURCES {
+            if !counted.iter().any(|(_, prefix)| *prefix == r.prefix(None)) {
+                counted.push((r.plural, r.prefix(None)));
+            }
+        }
+        loop {
+            for (plural, prefix) in &counted {
+                if let Ok(count) = self.store.count(prefix.as_bytes()).await {
+                    metrics::gauge!("apiserver_storage_objects", "resource" => *plural)
+                        .set(count as f64);
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Answers one request. `authenticated`: the client presented a
@@ -545,13 +606,54 @@ impl Api {
         }
         let name = object::prepare_create(resource, &mut object, target.namespace.as_deref())?;
         defaults_on_create(resource, &mut object);
+        defaults::apply(resource, &mut object);
+        match resource.plural {
+            "pods" => defaults::admit_pod(&mut object),
+            "jobs" => job_selector(&mut object),
+            _ => {}
+        }
+        normalize(resource, &mut object);
+        let causes = validation::check(resource, &object);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, &name, causes));
+        }
         if query.get("dryRun").is_some() {
             return Ok(object);
         }
+        let taken = self.allocate(resource, &mut object, None).await?;
         let key = resource.key(target.namespace.as_deref(), &name);
-        match self.store.create(key.as_bytes(), encode(&object)).await? {
-            Written::Ok(revision) => Ok(with_version(object, revision)),
-            Written::Conflict(_) => Err(ApiError::already_exists(resource, &name)),
+        match self.store.create(key.as_bytes(), encode(&object)).await {
+            Ok(Written::Ok(revision)) => Ok(with_version(object, revision)),
+            Ok(Written::Conflict(_)) => {
+                self.release(resource, &taken).await;
+                Err(ApiError::already_exists(resource, &name))
+            }
+            Err(error) => {
+                self.release(resource, &taken).await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// A Service's ClusterIP and NodePorts; what was newly taken.
+    async fn allocate(
+        &self,
+        resource: &Resource,
+        object: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<Value> {
+        if resource.plural != "services" {
+            return Ok(Value::Null);
+        }
+        allocate::service(&self.store, self.services, object, current).await
+    }
+
+    /// Gives back what a Service held (or what a failed write had taken).
+    async fn release(&self, resource: &Resource, service: &Value) {
+        if resource.plural == "services"
+            && let Err(error) = allocate::release(&self.store, service).await
+        {
+            tracing::warn!(%error, "could not release a Service's addresses");
         }
     }
 
@@ -615,22 +717,40 @@ impl Api {
     ) -> Result<Value> {
         let resource = target.resource;
         object::prepare_update(current, &mut updated);
+        defaults::apply(resource, &mut updated);
+        normalize(resource, &mut updated);
+        let mut causes = validation::check(resource, &updated);
+        causes.extend(validation::check_update(resource, current, &updated));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, target.name(), causes));
+        }
+        let taken = self.allocate(resource, &mut updated, Some(current)).await?;
         let key = target.key()?;
         let finalized = updated["metadata"]["deletionTimestamp"].is_string()
             && updated["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(Vec::is_empty);
         let written = if finalized {
-            self.store.delete(key.as_bytes(), revision).await?
+            self.store.delete(key.as_bytes(), revision).await
         } else {
             self.store
                 .update(key.as_bytes(), encode(&updated), revision)
-                .await?
+                .await
         };
         match written {
-            Written::Ok(revision) => Ok(with_version(updated, revision)),
-            Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
-            Written::Conflict(Some(_)) => Err(ApiError::conflict(resource, target.name())),
+            Ok(Written::Ok(revision)) => {
+                if finalized {
+                    self.release(resource, &updated).await;
+                }
+                Ok(with_version(updated, revision))
+            }
+            failed => {
+                self.release(resource, &taken).await;
+                match failed? {
+                    Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
+                    _ => Err(ApiError::conflict(resource, target.name())),
+                }
+            }
         }
     }
 
@@ -830,7 +950,10 @@ impl Api {
             .delete(key.as_bytes(), current.mod_revision)
             .await?
         {
-            Written::Ok(_) => Ok(object),
+            Written::Ok(_) => {
+                self.release(resource, &object).await;
+                Ok(object)
+            }
             Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
             Written::Conflict(Some(_)) => Err(ApiError::conflict(resource, target.name())),
         }
@@ -1201,6 +1324,51 @@ fn defaults_on_create(resource: &Resource, object: &mut Value) {
     }
 }
 
+/// A new Job selects its own pods by its `uid`, and labels its template so
+/// (unless it asks for a selector of its own with `manualSelector`).
+fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == json!(true) {
+        return;
+    }
+    let uid = job["metadata"]["uid"].clone();
+    let name = job["metadata"]["name"].clone();
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[key] = value.clone();
+    }
+}
+
+/// What Kubernetes rewrites on every write: a Secret's `stringData` is
+/// merged into its `data` (base64), and its type defaults to `Opaque`.
+fn normalize(resource: &Resource, object: &mut Value) {
+    if resource.plural != "secrets" {
+        return;
+    }
+    if let Some(Value::Object(strings)) =
+        object.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        if !object["data"].is_object() {
+            object["data"] = json!({});
+        }
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+    if object["type"].as_str().is_none_or(str::is_empty) {
+        object["type"] = json!("Opaque");
+    }
+}
+
 /// Sets a condition of `object.status.conditions`.
 fn set_condition(
     object: &mut Value,
@@ -1298,6 +1466,11 @@ mod tests {
         ));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
+        assert!(
+            Query::parse(Some("watch=True")).flag("watch"),
+            "as the Python client spells it"
+        );
+        assert!(!Query::parse(Some("watch=false")).flag("watch"));
         assert_eq!(q.number("limit").unwrap(), Some(5));
         assert!(Query::parse(Some("limit=x")).number("limit").is_err());
         assert_eq!(decode_component("100%"), "100%");

@@ -11,12 +11,15 @@
 //! - [`api`]: paths to resources, verbs to handlers; watch streams.
 //! - [`storage`]: objects under `/registry/…` through the etcd API.
 //! - [`resources`]: what is served, and where it is stored.
-//! - [`object`], [`patch`], [`selector`], [`table`], [`status`]: the
-//!   Kubernetes semantics the handlers share.
+//! - [`object`], [`defaults`], [`validation`], [`patch`], [`selector`],
+//!   [`table`], [`status`]: the Kubernetes semantics the handlers share.
+//! - [`allocate`]: Service ClusterIPs and NodePorts, conflict-free across members.
 //! - [`openapi`]: OpenAPI v3 documents, and request bodies checked against them.
 //! - [`pki`]: the cluster CA and the certificates it issues.
 
+pub mod allocate;
 pub mod api;
+pub mod defaults;
 pub mod discovery;
 pub mod object;
 pub mod openapi;
@@ -28,3 +31,4 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod table;
+pub mod validation;

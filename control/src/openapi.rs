@@ -79,6 +79,42 @@ pub struct OpenApi {
     documents: HashMap<String, (Value, String)>,
 }
 
+/// Marks the lists strategic merge patches merge by key, as Kubernetes'
+/// OpenAPI documents do (`x-kubernetes-patch-merge-key`): kubectl's apply
+/// reads these to compute its patches, and without them replaces the lists
+/// whole (and every apply would count as a change).
+fn patch_metadata(definition: &str, schema: &mut Value) {
+    let Some(Value::Object(properties)) = schema.get_mut("properties") else {
+        return;
+    };
+    for (field, property) in properties.iter_mut() {
+        if property["type"] != "array" {
+            continue;
+        }
+        let key = match field.as_str() {
+            "ports"
+                if definition.ends_with(".Container")
+                    || definition.ends_with(".EphemeralContainer") =>
+            {
+                Some("containerPort")
+            }
+            "ports" if definition.ends_with(".ServiceSpec") => Some("port"),
+            "ports" => continue,
+            "conditions" if !definition.ends_with("Status") => continue,
+            "finalizers" if definition.ends_with(".ObjectMeta") => None,
+            "finalizers" => continue,
+            other => match crate::patch::merge_key(other, None) {
+                Some(key) => Some(key),
+                None => continue,
+            },
+        };
+        property["x-kubernetes-patch-strategy"] = json!("merge");
+        if let Some(key) = key {
+            property["x-kubernetes-patch-merge-key"] = json!(key);
+        }
+    }
+}
+
 fn group_version_path(resource: &Resource) -> String {
     if resource.group.is_empty() {
         format!("api/{}", resource.version)
@@ -147,6 +183,9 @@ impl OpenApi {
             .into_iter()
             .filter_map(|(name, schema)| serde_json::to_value(schema).ok().map(|s| (name, s)))
             .collect();
+        for (definition, schema) in definitions.iter_mut() {
+            patch_metadata(definition, schema);
+        }
         for (resource, name) in &kinds {
             if let Some(Value::Object(schema)) = definitions.get_mut(name) {
                 schema.insert(
@@ -377,6 +416,17 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("Deployment")
+        );
+        let schemas = &apps["components"]["schemas"];
+        let pod_spec = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"];
+        assert_eq!(
+            pod_spec["containers"]["x-kubernetes-patch-merge-key"],
+            "name"
+        );
+        let container = &schemas["io.k8s.api.core.v1.Container"]["properties"];
+        assert_eq!(
+            container["ports"]["x-kubernetes-patch-merge-key"],
+            "containerPort"
         );
         assert!(
             openapi.root()["paths"]["api/v1"]["serverRelativeURL"]

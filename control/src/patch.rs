@@ -60,7 +60,7 @@ pub fn apply(kind: PatchType, target: &mut Value, body: &[u8]) -> Result<(), Api
 
 /// The merge key of list field `field` whose items look like `sample`, if
 /// Kubernetes merges that list by key.
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -278,5 +278,85 @@ mod tests {
             PatchType::from_content_type("application/strategic-merge-patch+json; charset=utf-8"),
             Some(PatchType::Strategic)
         );
+    }
+}
+
+/// Decoders fed garbage and near-misses: errors, never panics.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::resources::RESOURCES;
+    use crate::selector::{FieldSelector, LabelSelector};
+    use serde_json::json;
+
+    /// A seeded xorshift generator: the same inputs on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEEDS: &[&[u8]] = &[
+        br#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","labels":{"a":"b"}},"spec":{"replicas":2,"template":{"spec":{"containers":[{"name":"c","image":"i","ports":[{"containerPort":80}]}]}}}}"#,
+        br#"[{"op":"replace","path":"/spec/replicas","value":3},{"op":"remove","path":"/metadata/labels/a"}]"#,
+        br#"{"spec":{"template":{"spec":{"containers":[{"name":"c","$patch":"delete"}]}}},"$setElementOrder/x":[1]}"#,
+        br#"{"metadata":{"$deleteFromPrimitiveList/finalizers":["a"],"finalizers":null}}"#,
+    ];
+    const ALPHABET: &[u8] = br#"{}[]:,"\0$/-_.a1 null true"#;
+
+    fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+        let mut bytes = seed.to_vec();
+        for _ in 0..=rng.below(4) {
+            let at = rng.below(bytes.len() + 1);
+            match rng.below(3) {
+                0 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                1 => bytes.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn bodies_patches_and_selectors_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let target = json!({"metadata": {"name": "web", "finalizers": ["a"]}, "spec": {"replicas": 1,
+            "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        for round in 0..3000 {
+            let seed = SEEDS[round % SEEDS.len()];
+            let input = if round % 7 == 0 {
+                (0..rng.below(64)).map(|_| rng.next() as u8).collect()
+            } else {
+                mutate(&mut rng, seed)
+            };
+            let resource = &RESOURCES[rng.below(RESOURCES.len())];
+            if let Ok(mut object) = crate::object::decode(resource, &input) {
+                drop(crate::object::prepare_create(
+                    resource,
+                    &mut object,
+                    Some("default"),
+                ));
+                drop(crate::openapi::OpenApi::get().check(resource, &object));
+                crate::defaults::apply(resource, &mut object);
+                drop(crate::validation::check(resource, &object));
+            }
+            for kind in [PatchType::Json, PatchType::Merge, PatchType::Strategic] {
+                drop(apply(kind, &mut target.clone(), &input));
+            }
+            let text = String::from_utf8_lossy(&input);
+            drop(LabelSelector::parse(&text));
+            drop(FieldSelector::parse(&text));
+        }
     }
 }

@@ -46,6 +46,8 @@ pub struct ApiConfig {
     pub extra_hosts: Vec<String>,
     /// The kubeconfig's cluster and context name.
     pub cluster_name: String,
+    /// Where Service ClusterIPs come from.
+    pub service_range: crate::allocate::ServiceRange,
 }
 
 /// Why the API server could not start.
@@ -214,7 +216,12 @@ pub async fn run(
         true,
     )?;
 
-    let api = Api::new(store, address.to_string(), shutdown.clone());
+    let api = Api::new(
+        store,
+        config.service_range,
+        address.to_string(),
+        shutdown.clone(),
+    );
     patiently(&shutdown, "system namespaces", || async {
         api.ensure_system_namespaces().await.map_err(|e| {
             ApiServerError::Store(StoreError::Request(tonic::Status::unavailable(e.message)))
@@ -222,6 +229,7 @@ pub async fn run(
     })
     .await?;
 
+    tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
     let acceptor = TlsAcceptor::from(tls_config(&ca, &serving)?);
     tracing::info!(address = %address, kubeconfig = %config.data_dir.join("admin.kubeconfig").display(), "serving Kubernetes API");
     let connections = tokio_util::task::TaskTracker::new();

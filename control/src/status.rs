@@ -251,6 +251,9 @@ impl From<StoreError> for ApiError {
             StoreError::Compacted { requested } => ApiError::gone(format!(
                 "The resourceVersion for the provided list is too old (revision {requested} has been compacted)."
             )),
+            StoreError::Request(status) if status.message().contains("request is too large") => {
+                Self::new(413, "RequestEntityTooLarge", status.message())
+            }
             StoreError::Request(status) if status.code() == tonic::Code::Unavailable => {
                 ApiError::unavailable(format!("the store is unavailable: {}", status.message()))
             }

@@ -85,6 +85,34 @@ pub enum Change {
     },
 }
 
+/// Records how long a store request took, as Kubernetes' API server
+/// records it: `etcd_request_duration_seconds{operation, type}`, the type
+/// being the resource's key prefix (`/registry/pods`).
+struct Timer {
+    operation: &'static str,
+    kind: String,
+    started: std::time::Instant,
+}
+
+impl Timer {
+    fn start(operation: &'static str, key: &[u8]) -> Self {
+        let key = String::from_utf8_lossy(key);
+        let kind = key.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        Timer {
+            operation,
+            kind,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        metrics::histogram!("etcd_request_duration_seconds", "operation" => self.operation, "type" => std::mem::take(&mut self.kind))
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// A client of the store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -127,6 +155,7 @@ impl Store {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
+        let _timer = Timer::start("get", key);
         let response = self
             .kv
             .clone()
@@ -148,6 +177,7 @@ impl Store {
         limit: i64,
         revision: i64,
     ) -> Result<Page> {
+        let _timer = Timer::start("list", prefix);
         let response = self
             .kv
             .clone()
@@ -212,6 +242,36 @@ impl Store {
         self.txn(key, guard, delete).await
     }
 
+    /// How many keys there are under `prefix`.
+    pub async fn count(&self, prefix: &[u8]) -> Result<i64> {
+        let _timer = Timer::start("count", prefix);
+        let response = self
+            .kv
+            .clone()
+            .range(RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                count_only: true,
+                serializable: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok(response.count)
+    }
+
+    /// Deletes `key`, unconditionally.
+    pub async fn remove(&self, key: &[u8]) -> Result<()> {
+        self.kv
+            .clone()
+            .delete_range(DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Deletes every key under `prefix`, unconditionally.
     pub async fn delete_prefix(&self, prefix: &[u8]) -> Result<()> {
         self.kv
@@ -238,6 +298,7 @@ impl Store {
 
     /// `then` if `guard` holds, else reads `key` back for the caller.
     async fn txn(&self, key: &[u8], guard: Compare, then: RequestOp) -> Result<Written> {
+        let _timer = Timer::start("txn", key);
         let get = RequestOp {
             request: Some(request_op::Request::RequestRange(RangeRequest {
                 key: key.to_vec(),

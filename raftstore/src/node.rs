@@ -544,12 +544,19 @@ impl Node {
                     }) => {
                         let mut client =
                             self.peers.client(id, &member).map_err(|_| Error::Timeout)?;
-                        let index = client
-                            .read_index(pb::ReadIndexRequest {})
-                            .await
-                            .map_err(Error::remote)?
-                            .into_inner()
-                            .index;
+                        let index = match client.read_index(pb::ReadIndexRequest {}).await {
+                            Ok(response) => response.into_inner().index,
+                            // The leader's own refusal.
+                            Err(status) if status.message().starts_with("etcdserver:") => {
+                                return Err(Error::remote(status));
+                            }
+                            // It could not be reached: a read is safe to ask
+                            // again, of the next leader.
+                            Err(_) => {
+                                self.proposer.wait_for_leader_change(id, deadline).await?;
+                                continue;
+                            }
+                        };
                         let left = deadline.saturating_duration_since(Instant::now());
                         self.raft
                             .wait(Some(left))

@@ -306,7 +306,8 @@ impl Proposer {
         Ok(response.results.into_iter().map(forwarded).collect())
     }
 
-    async fn wait_for_leader_change(&self, old: u64, deadline: Instant) -> Result<()> {
+    /// Waits until a leader other than `old` is known, or `deadline`.
+    pub async fn wait_for_leader_change(&self, old: u64, deadline: Instant) -> Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::{
-    CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, COMMAND_TIMEOUT, Captured, Json, POLL_INTERVAL,
-    STARTUP_DEADLINE, etcdctl_bin, expect_success, free_ports, keelson_bin, launch, logged_address,
-    recv_before, wait_until,
+    Background, CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, COMMAND_TIMEOUT, Captured, Json,
+    POLL_INTERVAL, STARTUP_DEADLINE, etcdctl_bin, expect_success, free_ports, keelson_bin, launch,
+    logged_address, recv_before, spawn_background, stderr, wait_until,
 };
 
 /// Members that found the cluster.
@@ -111,6 +111,8 @@ pub(crate) struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// The Kubernetes API's port, if the member serves it.
+    api_port: Option<u16>,
     /// Launches the member, again after a kill, on the same directory and ports.
     command: Option<Command>,
     /// The running process; `None` before the start and after a kill or exit.
@@ -120,11 +122,12 @@ pub(crate) struct Member {
 }
 
 impl Member {
-    fn new(name: String, [client_port, peer_port]: [u16; 2]) -> Member {
+    fn new(name: String, [client_port, peer_port]: [u16; 2], api_port: Option<u16>) -> Member {
         Member {
             name,
             client_port,
             peer_port,
+            api_port,
             command: None,
             child: None,
             log: Captured::default(),
@@ -169,9 +172,56 @@ impl Member {
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", HEARTBEAT_INTERVAL])
             .args(["--election-timeout", ELECTION_TIMEOUT])
-            .args(["--snapshot-count", SNAPSHOT_COUNT])
-            .args(["--listen-api-url", "none"]);
+            .args(["--snapshot-count", SNAPSHOT_COUNT]);
+        match self.api_port {
+            Some(port) => command.args(["--listen-api-url", &format!("https://127.0.0.1:{port}")]),
+            None => command.args(["--listen-api-url", "none"]),
+        };
         command
+    }
+
+    /// The admin kubeconfig the member writes once it serves the API.
+    pub(crate) fn kubeconfig(&self) -> std::path::PathBuf {
+        self.data_dir.path().join("admin.kubeconfig")
+    }
+
+    /// `kubectl ARGS` against this member, with its admin kubeconfig; a
+    /// request that hangs fails after 20 s.
+    pub(crate) fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.data_dir.path())
+            .arg("--request-timeout=20s")
+            .args(args);
+        command
+    }
+
+    pub(crate) fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_command(args)
+            .output()
+            .unwrap_or_else(|err| panic!("run kubectl {args:?} (is kubectl installed?): {err}"))
+    }
+
+    /// Runs `kubectl ARGS`, which must succeed; returns its stdout.
+    pub(crate) fn kubectl_ok(&self, args: &[&str]) -> String {
+        expect_success(&format!("kubectl {args:?}"), &self.kubectl(args))
+    }
+
+    /// Runs `kubectl ARGS`, which must fail; returns its stderr.
+    pub(crate) fn kubectl_err(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} unexpectedly succeeded\nstdout:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        stderr(&output)
+    }
+
+    /// Starts a long-running `kubectl` (`get -w`) whose lines can be awaited.
+    pub(crate) fn spawn_kubectl(&self, args: &[&str]) -> Background {
+        spawn_background(self.kubectl_command(args), format!("kubectl {args:?}"))
     }
 
     /// Launches the process; [`Member::await_serving`] waits until it serves.
@@ -206,6 +256,12 @@ impl Member {
             "{} serves clients on another address",
             self.name
         );
+        if self.api_port.is_some() {
+            while !recv_before(lines, deadline)
+                .unwrap_or_else(|| panic!("{} did not serve the Kubernetes API", self.name))
+                .contains("serving Kubernetes API")
+            {}
+        }
     }
 
     /// Whether the member has logged a line containing `text`.
@@ -252,7 +308,7 @@ impl Member {
     /// Runs `etcdctl` against this member, asserts that it succeeded and
     /// returns its stdout.
     pub(crate) fn etcdctl_ok(&self, args: &[&str]) -> String {
-        expect_success(args, &self.etcdctl(args))
+        expect_success(&format!("etcdctl {args:?}"), &self.etcdctl(args))
     }
 
     /// The member's `endpoint status`, `None` if it does not answer.
@@ -321,11 +377,21 @@ impl Cluster {
     /// Starts [`FOUNDERS`] members that found a new cluster, and waits until
     /// each serves clients.
     pub(crate) fn start() -> Cluster {
-        let ports = free_ports::<{ 2 * FOUNDERS }>();
+        Self::start_with(false)
+    }
+
+    /// Starts [`FOUNDERS`] members that also serve the Kubernetes API, and
+    /// waits until each serves it.
+    pub(crate) fn start_control_plane() -> Cluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(api: bool) -> Cluster {
+        let ports = free_ports::<{ 3 * FOUNDERS }>();
         let members: Vec<Member> = ports
-            .chunks_exact(2)
+            .chunks_exact(3)
             .enumerate()
-            .map(|(i, pair)| Member::new(format!("m{i}"), [pair[0], pair[1]]))
+            .map(|(i, p)| Member::new(format!("m{i}"), [p[0], p[1]], api.then_some(p[2])))
             .collect();
         let mut cluster = Cluster { members };
         let initial_cluster = cluster.initial_cluster();
@@ -355,7 +421,7 @@ impl Cluster {
     pub(crate) fn reserve(&mut self, name: &str) -> usize {
         // The running members hold their ports, so these are new ones.
         let ports = free_ports::<2>();
-        self.members.push(Member::new(name.to_owned(), ports));
+        self.members.push(Member::new(name.to_owned(), ports, None));
         self.members.len() - 1
     }
 
@@ -400,7 +466,7 @@ impl Cluster {
 
     /// Like [`Cluster::etcdctl`], asserting success; returns stdout.
     pub(crate) fn etcdctl_ok(&self, args: &[&str]) -> String {
-        expect_success(args, &self.etcdctl(args))
+        expect_success(&format!("etcdctl {args:?}"), &self.etcdctl(args))
     }
 
     /// The lines of `etcdctl member list` through every running member.

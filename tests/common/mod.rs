@@ -334,12 +334,15 @@ impl Server {
 
     /// Runs `etcdctl`, asserts that it succeeded and returns its stdout.
     pub(crate) fn etcdctl_ok(&self, args: &[&str]) -> String {
-        expect_success(args, &self.etcdctl(args))
+        expect_success(&format!("etcdctl {args:?}"), &self.etcdctl(args))
     }
 
     /// Like [`Server::etcdctl_ok`], with `input` as standard input.
     pub(crate) fn etcdctl_stdin_ok(&self, args: &[&str], input: &str) -> String {
-        expect_success(args, &self.etcdctl_stdin(args, input))
+        expect_success(
+            &format!("etcdctl {args:?}"),
+            &self.etcdctl_stdin(args, input),
+        )
     }
 
     /// Runs `etcdctl`, asserts that it failed and returns its stderr.
@@ -355,34 +358,38 @@ impl Server {
 
     /// Starts a long-running `etcdctl` whose stdout lines can be awaited.
     pub(crate) fn spawn_etcdctl(&self, args: &[&str]) -> Background {
-        let mut child = self
-            .etcdctl_command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn etcdctl {args:?}: {err}"));
-        let (tx, lines) = mpsc::channel();
-        let (stdout, stderr) = (Captured::default(), Captured::default());
-        pump_lines(
-            child.stdout.take().expect("piped stdout"),
-            stdout.clone(),
-            Some(tx),
-        );
-        let stderr_pump = pump_lines(
-            child.stderr.take().expect("piped stderr"),
-            stderr.clone(),
-            None,
-        );
-        Background {
-            description: format!("etcdctl {args:?}"),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            stdout,
-            stderr,
-            stderr_pump: Some(stderr_pump),
-        }
+        spawn_background(self.etcdctl_command(args), format!("etcdctl {args:?}"))
+    }
+}
+
+/// Starts `command` in the background; its stdout lines can be awaited.
+fn spawn_background(mut command: Command, description: String) -> Background {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {description}: {err}"));
+    let (tx, lines) = mpsc::channel();
+    let (stdout, stderr) = (Captured::default(), Captured::default());
+    pump_lines(
+        child.stdout.take().expect("piped stdout"),
+        stdout.clone(),
+        Some(tx),
+    );
+    let stderr_pump = pump_lines(
+        child.stderr.take().expect("piped stderr"),
+        stderr.clone(),
+        None,
+    );
+    Background {
+        description,
+        stdin: child.stdin.take(),
+        child,
+        lines,
+        stdout,
+        stderr,
+        stderr_pump: Some(stderr_pump),
     }
 }
 
@@ -432,10 +439,10 @@ impl Server {
     }
 }
 
-fn expect_success(args: &[&str], output: &Output) -> String {
+fn expect_success(what: &str, output: &Output) -> String {
     assert!(
         output.status.success(),
-        "etcdctl {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
         output.status,
         stdout(output),
         stderr(output)

@@ -39,7 +39,10 @@ impl LogStore {
     /// when the last clone is dropped).
     pub fn new(store: Arc<MvccStore>) -> Self {
         let (syncer, pending) = std::sync::mpsc::channel();
-        let database = store.clone();
+        // Weak: the database closes when its owners let go of it, not
+        // whenever this thread notices, which could be after the process
+        // has begun to exit.
+        let database = Arc::downgrade(&store);
         let spawned = std::thread::Builder::new()
             .name("keelson-log-sync".into())
             .spawn(move || sync_appends(&database, &pending));
@@ -257,12 +260,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// Group commit for appends: each sync makes every append written before it
 /// durable, then acknowledges them all.
-fn sync_appends(store: &MvccStore, pending: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_appends(
+    store: &std::sync::Weak<MvccStore>,
+    pending: &std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
         let started = std::time::Instant::now();
-        let outcome = store.sync();
+        let outcome = match store.upgrade() {
+            Some(store) => store.sync(),
+            None => Err(crate::Error::Stopped),
+        };
         metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         for callback in waiting {
