@@ -135,6 +135,7 @@ async fn run_api(
     data_dir: PathBuf,
     store_endpoints: Vec<String>,
     service_range: keelson_control::allocate::ServiceRange,
+    cluster_token: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = keelson_control::server::ApiConfig {
@@ -143,6 +144,7 @@ async fn run_api(
         extra_hosts: host_name().into_iter().collect(),
         cluster_name: "keelson".into(),
         service_range,
+        cluster_token,
     };
     keelson_control::server::run(config, listener, shutdown)
         .await
@@ -262,6 +264,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
     let api = bind_api(&args.listen_api_url).await?;
     let service_range = args.service_cluster_ip_range;
+    let token = args.initial_cluster_token.clone();
     if !args.etcd_servers.is_empty() {
         let Some(api) = api else {
             bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
@@ -269,7 +272,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         install_metrics()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        return run_api(api, data_dir, args.etcd_servers, service_range, shutdown).await;
+        return run_api(
+            api,
+            data_dir,
+            args.etcd_servers,
+            service_range,
+            args.initial_cluster_token,
+            shutdown,
+        )
+        .await;
     }
     let mut clients = bind(&args.listen_client_urls).await?;
     if clients.len() != 1 {
@@ -323,7 +334,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
         election_timeout: Duration::from_millis(args.election_timeout),
         snapshot_count: args.snapshot_count,
-        initial_cluster_token: args.initial_cluster_token,
+        initial_cluster_token: args.initial_cluster_token.clone(),
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
         progress_notify_interval: args.experimental_watch_progress_notify_interval,
@@ -360,6 +371,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             data_dir,
             vec![format!("http://{local}")],
             service_range,
+            token,
             shutdown.clone(),
         )
         .await;

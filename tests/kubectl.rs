@@ -75,6 +75,17 @@ fn kubectl_applies_reads_changes_and_deletes_through_any_member() {
         "czNjcjN0",
         "stringData is stored as data"
     );
+    // In the store, the Secret is ciphertext.
+    let raw = m1.etcdctl(&[
+        "get",
+        "/registry/secrets/default/db-credentials",
+        "--print-value-only",
+    ]);
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.starts_with("k8s:enc:aesgcm:v1:keelson:"), "{raw}");
+    assert!(
+        !raw.contains("czNjcjN0") && !raw.contains("YWRtaW4=") && !raw.contains("db-credentials")
+    );
 
     // Kubernetes' defaults, and addresses from the service range.
     let strategy = m0.kubectl_ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.strategy.rollingUpdate.maxSurge} {.spec.template.spec.restartPolicy} {.spec.template.spec.containers[0].imagePullPolicy}"]);

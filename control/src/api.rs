@@ -27,6 +27,7 @@ use crate::object::{self, metadata, with_version};
 use crate::openapi::OpenApi;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, RESOURCES, Resource};
+use crate::secrets::Sealer;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::storage::{Change, Store, Stored, WatchBatch, Written};
@@ -50,6 +51,7 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub struct Api {
     store: Store,
+    codec: Codec,
     /// Where Service ClusterIPs come from.
     services: ServiceRange,
     /// `host:port` clients reach this server at.
@@ -188,15 +190,35 @@ fn wants_table(request: &Request<Body>) -> bool {
         .is_some_and(|accept| accept.contains("as=Table"))
 }
 
-/// The stored bytes of an object, as the object clients see.
-fn decode_stored(stored: &Stored) -> Result<Value> {
-    let object: Value = serde_json::from_slice(&stored.value).map_err(|e| {
-        ApiError::internal(format!(
-            "object at {} does not decode: {e}",
-            String::from_utf8_lossy(&stored.key)
-        ))
-    })?;
-    Ok(with_version(object, stored.mod_revision))
+/// Objects to and from their stored bytes: JSON, and for Secrets sealed
+/// (see [`crate::secrets`]).
+#[derive(Clone, Debug)]
+struct Codec {
+    sealer: Sealer,
+}
+
+impl Codec {
+    /// The stored bytes of an object, as the object clients see.
+    fn decode(&self, stored: &Stored) -> Result<Value> {
+        let key = || String::from_utf8_lossy(&stored.key).into_owned();
+        let bytes = self
+            .sealer
+            .open(&stored.value)
+            .map_err(|e| ApiError::internal(format!("object at {}: {e}", key())))?;
+        let object: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("object at {} does not decode: {e}", key())))?;
+        Ok(with_version(object, stored.mod_revision))
+    }
+
+    /// What is stored for `object` of `resource`.
+    fn encode(&self, resource: &Resource, object: &Value) -> Vec<u8> {
+        let bytes = encode(object);
+        if resource.plural == "secrets" {
+            self.sealer.seal(&bytes)
+        } else {
+            bytes
+        }
+    }
 }
 
 fn encode(object: &Value) -> Vec<u8> {
@@ -224,12 +246,14 @@ fn verb(method: &Method, target: Option<&Target>, watch: bool) -> &'static str {
 impl Api {
     pub fn new(
         store: Store,
+        sealer: Sealer,
         services: ServiceRange,
         address: String,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            codec: Codec { sealer },
             services,
             address,
             shutdown,
@@ -503,7 +527,7 @@ impl Api {
             .get(target.key()?.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        decode_stored(&stored)
+        self.codec.decode(&stored)
     }
 
     async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
@@ -537,7 +561,7 @@ impl Api {
             revision = page.revision;
             let last = page.items.last().map(|s| s.key.clone());
             for stored in &page.items {
-                let object = decode_stored(stored)?;
+                let object = self.codec.decode(stored)?;
                 if labels.matches(&object) && fields.matches(&object) {
                     items.push(object);
                 }
@@ -578,7 +602,7 @@ impl Api {
             .get(namespaces.key(None, namespace).as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
-        let object = decode_stored(&stored)?;
+        let object = self.codec.decode(&stored)?;
         if object["metadata"]["deletionTimestamp"].is_string() {
             return Err(ApiError::forbidden(format!(
                 "unable to create new content in namespace {namespace} because it is being terminated"
@@ -622,7 +646,11 @@ impl Api {
         }
         let taken = self.allocate(resource, &mut object, None).await?;
         let key = resource.key(target.namespace.as_deref(), &name);
-        match self.store.create(key.as_bytes(), encode(&object)).await {
+        match self
+            .store
+            .create(key.as_bytes(), self.codec.encode(resource, &object))
+            .await
+        {
             Ok(Written::Ok(revision)) => Ok(with_version(object, revision)),
             Ok(Written::Conflict(_)) => {
                 self.release(resource, &taken).await;
@@ -700,7 +728,7 @@ impl Api {
         if precondition.is_some_and(|rv| rv != current.mod_revision) {
             return Err(ApiError::conflict(resource, target.name()));
         }
-        let current_object = decode_stored(&current)?;
+        let current_object = self.codec.decode(&current)?;
         let updated = merge_update(resource, sub, &current_object, given);
         self.write_update(target, &current_object, updated, current.mod_revision)
             .await
@@ -734,7 +762,11 @@ impl Api {
             self.store.delete(key.as_bytes(), revision).await
         } else {
             self.store
-                .update(key.as_bytes(), encode(&updated), revision)
+                .update(
+                    key.as_bytes(),
+                    self.codec.encode(resource, &updated),
+                    revision,
+                )
                 .await
         };
         match written {
@@ -770,7 +802,7 @@ impl Api {
                 .get(key.as_bytes())
                 .await?
                 .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-            let current_object = decode_stored(&current)?;
+            let current_object = self.codec.decode(&current)?;
             if sub == Some("scale") {
                 let mut scale = scale_of(&current_object);
                 patch::apply(kind, &mut scale, body)?;
@@ -820,7 +852,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let current_object = decode_stored(&current)?;
+        let current_object = self.codec.decode(&current)?;
         if let Some(rv) = scale["metadata"]["resourceVersion"]
             .as_str()
             .filter(|v| !v.is_empty())
@@ -857,7 +889,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let pod = decode_stored(&current)?;
+        let pod = self.codec.decode(&current)?;
         if let Some(assigned) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict_because(format!(
                 "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{assigned}\"",
@@ -888,7 +920,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-        let object = decode_stored(&current)?;
+        let object = self.codec.decode(&current)?;
         let preconditions = &options["preconditions"];
         if preconditions["uid"]
             .as_str()
@@ -934,7 +966,11 @@ impl Api {
             let key = key.clone();
             let written = match self
                 .store
-                .update(key.as_bytes(), encode(&marked), current.mod_revision)
+                .update(
+                    key.as_bytes(),
+                    self.codec.encode(resource, &marked),
+                    current.mod_revision,
+                )
                 .await?
             {
                 Written::Ok(revision) => with_version(marked, revision),
@@ -1023,6 +1059,7 @@ impl Api {
             .map_or(DEFAULT_WATCH_SECONDS, |s| s.max(1) as u64);
         let watcher = Watcher {
             store: self.store.clone(),
+            codec: self.codec.clone(),
             resource: target.resource,
             prefix: target.resource.prefix(target.namespace.as_deref()),
             labels,
@@ -1113,6 +1150,7 @@ impl Validation {
 /// Feeds one watch.
 struct Watcher {
     store: Store,
+    codec: Codec,
     resource: &'static Resource,
     prefix: String,
     labels: LabelSelector,
@@ -1172,7 +1210,7 @@ impl Watcher {
             None => {
                 let page = self.store.list(self.prefix.as_bytes(), None, 0, 0).await?;
                 for stored in &page.items {
-                    let Ok(object) = decode_stored(stored) else {
+                    let Ok(object) = self.codec.decode(stored) else {
                         continue;
                     };
                     if self.selected(&object)
@@ -1217,10 +1255,10 @@ impl Watcher {
                 created,
                 previous,
             } => {
-                let object = decode_stored(kv).ok()?;
+                let object = self.codec.decode(kv).ok()?;
                 let was = previous
                     .as_ref()
-                    .and_then(|p| decode_stored(p).ok())
+                    .and_then(|p| self.codec.decode(p).ok())
                     .is_some_and(|p| self.selected(&p));
                 match (was && !created, self.selected(&object)) {
                     (false, true) => Some(self.line("ADDED", &object)),
@@ -1230,7 +1268,7 @@ impl Watcher {
                 }
             }
             Change::Deleted { previous, revision } => {
-                let object = with_version(decode_stored(previous.as_ref()?).ok()?, *revision);
+                let object = with_version(self.codec.decode(previous.as_ref()?).ok()?, *revision);
                 self.selected(&object)
                     .then(|| self.line("DELETED", &object))
             }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::pki::{ClusterCa, PkiError, kubeconfig};
+use crate::secrets::{Sealer, SecretsError};
 use crate::storage::{Store, StoreError, Written};
 
 /// The store key of the cluster CA.
@@ -48,6 +49,8 @@ pub struct ApiConfig {
     pub cluster_name: String,
     /// Where Service ClusterIPs come from.
     pub service_range: crate::allocate::ServiceRange,
+    /// The cluster token: it wraps the key Secrets are encrypted with.
+    pub cluster_token: String,
 }
 
 /// Why the API server could not start.
@@ -73,6 +76,8 @@ pub enum ApiServerError {
     Listener(#[source] std::io::Error),
     #[error("stopped before the store answered")]
     Stopped,
+    #[error("Secrets' key")]
+    Secrets(#[from] SecretsError),
 }
 
 type Result<T, E = ApiServerError> = std::result::Result<T, E>;
@@ -216,8 +221,16 @@ pub async fn run(
         true,
     )?;
 
+    let sealer = patiently(&shutdown, "secrets key", || async {
+        match Sealer::from_store(&store, &config.cluster_token).await {
+            Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
+            other => Ok(other),
+        }
+    })
+    .await??;
     let api = Api::new(
         store,
+        sealer,
         config.service_range,
         address.to_string(),
         shutdown.clone(),
