@@ -350,6 +350,95 @@ fn kubectl_applies_reads_changes_and_deletes_through_any_member() {
 }
 
 #[test]
+fn kubectl_create_generators_send_protobuf_and_are_understood() {
+    let plane = Cluster::start_control_plane();
+    let (m0, m1) = (plane.member(0), plane.member(1));
+    for args in [
+        &["create", "namespace", "shop"][..],
+        &[
+            "create",
+            "configmap",
+            "demo",
+            "-n",
+            "shop",
+            "--from-literal=lives=3",
+        ],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "-n",
+            "shop",
+            "--from-literal=password=s3cr3t",
+        ],
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            "shop",
+            "--image=nginx:1.25",
+            "--replicas=2",
+            "--port=80",
+        ],
+        &[
+            "create",
+            "service",
+            "nodeport",
+            "web",
+            "-n",
+            "shop",
+            "--tcp=80:8080",
+        ],
+        &[
+            "create",
+            "job",
+            "pi",
+            "-n",
+            "shop",
+            "--image=busybox",
+            "--",
+            "echo",
+            "3.14",
+        ],
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "-n",
+            "shop",
+            "--name=web-internal",
+            "--port=80",
+        ],
+    ] {
+        m0.kubectl_ok(args);
+    }
+    let get = |what: &str, path: &str| {
+        m1.kubectl_ok(&["get", what, "-n", "shop", "-o", &format!("jsonpath={path}")])
+    };
+    assert_eq!(get("configmap/demo", "{.data.lives}"), "3");
+    assert_eq!(get("secret/pw", "{.data.password}"), "czNjcjN0");
+    assert_eq!(
+        get(
+            "deployment/web",
+            "{.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}/{.spec.template.spec.containers[0].ports[0].protocol} {.spec.strategy.type}"
+        ),
+        "2 nginx:1.25 80/TCP RollingUpdate"
+    );
+    let node_port: u16 = get("service/web", "{.spec.ports[0].nodePort}")
+        .parse()
+        .expect("a node port");
+    assert!((30000..=32767).contains(&node_port));
+    assert_eq!(get("service/web", "{.spec.ports[0].targetPort}"), "8080");
+    assert_eq!(
+        get("job/pi", "{.spec.template.spec.containers[0].command}"),
+        r#"["echo","3.14"]"#
+    );
+    assert_eq!(get("service/web-internal", "{.spec.selector.app}"), "web");
+}
+
+#[test]
 fn a_watch_through_one_member_sees_changes_made_through_another() {
     let plane = Cluster::start_control_plane();
     let watch =

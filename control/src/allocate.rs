@@ -251,7 +251,11 @@ pub async fn service(
                 .into_iter()
                 .flatten()
                 .find(|p| p["port"] == port["port"] && p["protocol"] == port["protocol"]);
-            let wanted = port["nodePort"].as_u64().map(|p| p as u16);
+            // 0 is what a client that wants any port sends.
+            let wanted = port["nodePort"]
+                .as_u64()
+                .filter(|p| *p != 0)
+                .map(|p| p as u16);
             let kept = previous
                 .and_then(|p| p["nodePort"].as_u64())
                 .map(|p| p as u16);

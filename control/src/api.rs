@@ -36,6 +36,8 @@ use crate::{defaults, validation};
 
 /// The largest request body accepted (Kubernetes' own limit is 3 MiB per object).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// The content type of Kubernetes' protobuf encoding.
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 /// How long a watch runs when the client names no `timeoutSeconds`.
 const DEFAULT_WATCH_SECONDS: u64 = 1800;
 /// Patches retried this many times when the object moves underneath them.
@@ -424,9 +426,18 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        let mut body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
             .await
             .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+        let mut content_type = content_type;
+        // client-go's typed clients send protobuf; the handlers read JSON.
+        if content_type.starts_with(PROTOBUF) {
+            let object = crate::protobuf::to_json(&body).map_err(|e| {
+                ApiError::bad_request(format!("the protobuf body does not decode: {e}"))
+            })?;
+            body = object.to_string().into();
+            content_type = "application/json".into();
+        }
         let sub = target.subresource.clone();
         let named = target.name.is_some();
         if target.resource.namespaced

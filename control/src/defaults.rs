@@ -7,10 +7,29 @@ use serde_json::{Value, json};
 
 use crate::resources::Resource;
 
-/// Sets `object[key]` to `value` unless it holds something already.
+/// Sets `object[key]` to `value` unless it holds something already (an
+/// empty string is unset, as it is to Kubernetes' defaulting).
 fn default(object: &mut Value, key: &str, value: Value) {
-    if object.get(key).is_none_or(Value::is_null) {
+    if object
+        .get(key)
+        .is_none_or(|v| v.is_null() || v.as_str() == Some(""))
+    {
         object[key] = value;
+    }
+}
+
+/// A rolling update strategy's defaults: `type` RollingUpdate, and when it
+/// is, `rollingUpdate` with `fields`.
+fn rolling(strategy: &mut Value, fields: &[(&str, Value)]) {
+    if !strategy.is_object() {
+        *strategy = json!({});
+    }
+    default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        default(strategy, "rollingUpdate", json!({}));
+        for (key, value) in fields {
+            default(&mut strategy["rollingUpdate"], key, value.clone());
+        }
     }
 }
 
@@ -122,16 +141,10 @@ pub fn apply(resource: &Resource, object: &mut Value) {
         ("", "Pod") => pod_spec(spec),
         ("apps", "Deployment") => {
             default(spec, "replicas", json!(1));
-            default(
-                spec,
-                "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            rolling(
+                &mut spec["strategy"],
+                &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
             );
-            if spec["strategy"]["type"] == "RollingUpdate" {
-                let rolling = &mut spec["strategy"]["rollingUpdate"];
-                default(rolling, "maxUnavailable", json!("25%"));
-                default(rolling, "maxSurge", json!("25%"));
-            }
             default(spec, "revisionHistoryLimit", json!(10));
             default(spec, "progressDeadlineSeconds", json!(600));
             template(spec);
@@ -143,11 +156,7 @@ pub fn apply(resource: &Resource, object: &mut Value) {
         ("apps", "StatefulSet") => {
             default(spec, "replicas", json!(1));
             default(spec, "podManagementPolicy", json!("OrderedReady"));
-            default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-            );
+            rolling(&mut spec["updateStrategy"], &[("partition", json!(0))]);
             default(spec, "revisionHistoryLimit", json!(10));
             default(
                 spec,
@@ -160,10 +169,9 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             template(spec);
         }
         ("apps", "DaemonSet") => {
-            default(
-                spec,
-                "updateStrategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}),
+            rolling(
+                &mut spec["updateStrategy"],
+                &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
             );
             default(spec, "revisionHistoryLimit", json!(10));
             template(spec);

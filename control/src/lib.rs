@@ -15,6 +15,7 @@
 //!   [`table`], [`status`]: the Kubernetes semantics the handlers share.
 //! - [`allocate`]: Service ClusterIPs and NodePorts, conflict-free across members.
 //! - [`openapi`]: OpenAPI v3 documents, and request bodies checked against them.
+//! - [`protobuf`]: protobuf request bodies (client-go's typed clients) read as JSON.
 //! - [`secrets`]: Secrets encrypted at rest (AES-256-GCM).
 //! - [`pki`]: the cluster CA and the certificates it issues.
 
@@ -26,6 +27,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
 pub mod secrets;
 pub mod selector;

@@ -262,6 +262,12 @@ impl OpenApi {
             .map(|(document, _)| document)
     }
 
+    /// The properties of definition `name`, if it is one of the served
+    /// kinds' (or of what they refer to).
+    pub fn properties(&self, name: &str) -> Option<&Map<String, Value>> {
+        self.definitions.get(name)?.get("properties")?.as_object()
+    }
+
     /// Checks `object` against `resource`'s schema: a value of the wrong type
     /// is an error; fields the schema does not know are returned (as paths).
     pub fn check(&self, resource: &Resource, object: &Value) -> Result<Vec<String>, String> {

@@ -127,7 +127,7 @@ fn service_ports(spec: &Value) -> String {
         .iter()
         .map(|p| {
             let protocol = p["protocol"].as_str().unwrap_or("TCP");
-            match p["nodePort"].as_i64() {
+            match p["nodePort"].as_i64().filter(|p| *p != 0) {
                 Some(node) => format!("{}:{node}/{protocol}", int(&p["port"])),
                 None => format!("{}/{protocol}", int(&p["port"])),
             }
