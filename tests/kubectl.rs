@@ -119,6 +119,23 @@ fn kubectl_applies_reads_changes_and_deletes_through_any_member() {
     );
 
     // Columns as Kubernetes prints them.
+    let described = m1.kubectl_ok(&["describe", "deployment", "web"]);
+    for line in [
+        "Name:                   web",
+        "Replicas:               3 desired",
+        "StrategyType:           RollingUpdate",
+        "Image:        nginx:1.25",
+    ] {
+        assert!(
+            squeeze(&described).contains(&squeeze(line)),
+            "{line} in:\n{described}"
+        );
+    }
+    let json = m2.kubectl_ok(&["get", "configmap", "game-config", "-o", "json"]);
+    assert!(
+        json.contains(r#""kind": "ConfigMap""#) && json.contains(r#""lives": "3""#),
+        "{json}"
+    );
     let deployments = m2.kubectl_ok(&["get", "deployments"]);
     assert!(
         squeeze(&deployments).starts_with("NAME READY UP-TO-DATE AVAILABLE AGE web 0/3 "),
@@ -577,4 +594,102 @@ fn kubectl_keeps_working_when_a_member_dies() {
         ]),
         "failover"
     );
+}
+
+#[test]
+fn the_api_server_runs_against_a_real_etcd() {
+    use common::{Spawned, free_local_ports};
+    use std::process::Command;
+
+    let etcd = std::env::var_os("KEELSON_ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into());
+    assert!(
+        Path::new(&etcd).exists(),
+        "{etcd:?} is missing: ./deploy/install-deps.sh installs Debian's etcd-server"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [client, peer, api] = free_local_ports();
+    let mut command = Command::new(&etcd);
+    command
+        .args(["--name", "e0", "--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("e0=http://127.0.0.1:{peer}")]);
+    let etcd = Spawned::start(command, "etcd");
+    etcd.await_line("ready to serve client requests");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keelson"));
+    command
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("api"))
+        .args(["--etcd-servers", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-api-url", &format!("https://127.0.0.1:{api}")]);
+    let server = Spawned::start(command, "keelson server --etcd-servers");
+    server.await_line("serving Kubernetes API");
+
+    let kubectl = |args: &[&str]| {
+        let output = Command::new("kubectl")
+            .env("KUBECONFIG", dir.path().join("api/admin.kubeconfig"))
+            .env("HOME", dir.path())
+            .arg("--request-timeout=20s")
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(kubectl(&["apply", "-f", MANIFESTS]).contains("deployment.apps/web created"));
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    kubectl(&["scale", "deployment", "web", "--replicas=1"]);
+    kubectl(&[
+        "create",
+        "configmap",
+        "from-generator",
+        "--from-literal=a=b",
+    ]);
+    // The objects are etcd's keys, where Kubernetes keeps them.
+    let keys = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &format!("127.0.0.1:{client}"),
+            "get",
+            "--prefix",
+            "/registry/",
+            "--keys-only",
+        ])
+        .output()
+        .expect("run etcdctl");
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    for key in [
+        "/registry/deployments/default/web",
+        "/registry/configmaps/default/from-generator",
+        "/registry/namespaces/kube-system",
+    ] {
+        assert!(keys.contains(key), "{key} in:\n{keys}");
+    }
 }

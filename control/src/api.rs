@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::allocate::{self, ServiceRange};
+use crate::convert;
 use crate::discovery;
 use crate::object::{self, metadata, with_version};
 use crate::openapi::OpenApi;
@@ -200,8 +201,9 @@ struct Codec {
 }
 
 impl Codec {
-    /// The stored bytes of an object, as the object clients see.
-    fn decode(&self, stored: &Stored) -> Result<Value> {
+    /// The stored bytes of an object, as the object clients of `resource`
+    /// (its API version) see.
+    fn decode(&self, resource: &Resource, stored: &Stored) -> Result<Value> {
         let key = || String::from_utf8_lossy(&stored.key).into_owned();
         let bytes = self
             .sealer
@@ -209,12 +211,15 @@ impl Codec {
             .map_err(|e| ApiError::internal(format!("object at {}: {e}", key())))?;
         let object: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::internal(format!("object at {} does not decode: {e}", key())))?;
-        Ok(with_version(object, stored.mod_revision))
+        Ok(with_version(
+            convert::from_storage(resource, object),
+            stored.mod_revision,
+        ))
     }
 
     /// What is stored for `object` of `resource`.
     fn encode(&self, resource: &Resource, object: &Value) -> Vec<u8> {
-        let bytes = encode(object);
+        let bytes = encode(&convert::to_storage(resource, object.clone()));
         if resource.plural == "secrets" {
             self.sealer.seal(&bytes)
         } else {
@@ -538,7 +543,7 @@ impl Api {
             .get(target.key()?.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        self.codec.decode(&stored)
+        self.codec.decode(target.resource, &stored)
     }
 
     async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
@@ -572,7 +577,7 @@ impl Api {
             revision = page.revision;
             let last = page.items.last().map(|s| s.key.clone());
             for stored in &page.items {
-                let object = self.codec.decode(stored)?;
+                let object = self.codec.decode(resource, stored)?;
                 if labels.matches(&object) && fields.matches(&object) {
                     items.push(object);
                 }
@@ -613,7 +618,7 @@ impl Api {
             .get(namespaces.key(None, namespace).as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(namespaces, namespace))?;
-        let object = self.codec.decode(&stored)?;
+        let object = self.codec.decode(namespaces, &stored)?;
         if object["metadata"]["deletionTimestamp"].is_string() {
             return Err(ApiError::forbidden(format!(
                 "unable to create new content in namespace {namespace} because it is being terminated"
@@ -739,7 +744,7 @@ impl Api {
         if precondition.is_some_and(|rv| rv != current.mod_revision) {
             return Err(ApiError::conflict(resource, target.name()));
         }
-        let current_object = self.codec.decode(&current)?;
+        let current_object = self.codec.decode(resource, &current)?;
         let updated = merge_update(resource, sub, &current_object, given);
         self.write_update(target, &current_object, updated, current.mod_revision)
             .await
@@ -813,7 +818,7 @@ impl Api {
                 .get(key.as_bytes())
                 .await?
                 .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-            let current_object = self.codec.decode(&current)?;
+            let current_object = self.codec.decode(resource, &current)?;
             if sub == Some("scale") {
                 let mut scale = scale_of(&current_object);
                 patch::apply(kind, &mut scale, body)?;
@@ -863,7 +868,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let current_object = self.codec.decode(&current)?;
+        let current_object = self.codec.decode(target.resource, &current)?;
         if let Some(rv) = scale["metadata"]["resourceVersion"]
             .as_str()
             .filter(|v| !v.is_empty())
@@ -900,7 +905,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let pod = self.codec.decode(&current)?;
+        let pod = self.codec.decode(target.resource, &current)?;
         if let Some(assigned) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict_because(format!(
                 "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{assigned}\"",
@@ -931,7 +936,7 @@ impl Api {
             .get(key.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-        let object = self.codec.decode(&current)?;
+        let object = self.codec.decode(resource, &current)?;
         let preconditions = &options["preconditions"];
         if preconditions["uid"]
             .as_str()
@@ -1221,7 +1226,7 @@ impl Watcher {
             None => {
                 let page = self.store.list(self.prefix.as_bytes(), None, 0, 0).await?;
                 for stored in &page.items {
-                    let Ok(object) = self.codec.decode(stored) else {
+                    let Ok(object) = self.codec.decode(self.resource, stored) else {
                         continue;
                     };
                     if self.selected(&object)
@@ -1266,10 +1271,10 @@ impl Watcher {
                 created,
                 previous,
             } => {
-                let object = self.codec.decode(kv).ok()?;
+                let object = self.codec.decode(self.resource, kv).ok()?;
                 let was = previous
                     .as_ref()
-                    .and_then(|p| self.codec.decode(p).ok())
+                    .and_then(|p| self.codec.decode(self.resource, p).ok())
                     .is_some_and(|p| self.selected(&p));
                 match (was && !created, self.selected(&object)) {
                     (false, true) => Some(self.line("ADDED", &object)),
@@ -1279,7 +1284,10 @@ impl Watcher {
                 }
             }
             Change::Deleted { previous, revision } => {
-                let object = with_version(self.codec.decode(previous.as_ref()?).ok()?, *revision);
+                let object = with_version(
+                    self.codec.decode(self.resource, previous.as_ref()?).ok()?,
+                    *revision,
+                );
                 self.selected(&object)
                     .then(|| self.line("DELETED", &object))
             }

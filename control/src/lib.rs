@@ -13,6 +13,7 @@
 //! - [`resources`]: what is served, and where it is stored.
 //! - [`object`], [`defaults`], [`validation`], [`patch`], [`selector`],
 //!   [`table`], [`status`]: the Kubernetes semantics the handlers share.
+//! - [`convert`]: HPAs served as autoscaling/v1 and v2, Events as core and events.k8s.io.
 //! - [`allocate`]: Service ClusterIPs and NodePorts, conflict-free across members.
 //! - [`openapi`]: OpenAPI v3 documents, and request bodies checked against them.
 //! - [`protobuf`]: protobuf request bodies (client-go's typed clients) read as JSON.
@@ -21,6 +22,7 @@
 
 pub mod allocate;
 pub mod api;
+pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod object;

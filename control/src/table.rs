@@ -74,6 +74,89 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Version", "string", 0),
         ],
         "Lease" => vec![NAME, ("Holder", "string", 0), AGE],
+        "Job" => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "HorizontalPodAutoscaler" => vec![
+            NAME,
+            ("Reference", "string", 0),
+            ("Targets", "string", 0),
+            ("MinPods", "string", 0),
+            ("MaxPods", "integer", 0),
+            ("Replicas", "integer", 0),
+            AGE,
+        ],
+        "Event" => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Message", "string", 0),
+        ],
+        "PersistentVolume" => vec![
+            NAME,
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            AGE,
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            AGE,
+        ],
+        "Endpoints" => vec![NAME, ("Endpoints", "string", 0), AGE],
+        "EndpointSlice" => vec![
+            NAME,
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            AGE,
+        ],
+        "StorageClass" => vec![
+            NAME,
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            AGE,
+        ],
+        "ControllerRevision" => vec![
+            NAME,
+            ("Controller", "string", 0),
+            ("Revision", "integer", 0),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -180,6 +263,73 @@ fn age(o: &Value) -> String {
     human_age(age_seconds(o["metadata"]["creationTimestamp"].as_str()))
 }
 
+fn or_unset(s: String) -> String {
+    if s.is_empty() { "<unset>".into() } else { s }
+}
+
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|mode| match mode.as_str().unwrap_or_default() {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    _ => "",
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// `cpu: 12%/10%` (`<unknown>` before any measurement), per metric.
+fn hpa_targets(o: &Value) -> String {
+    let specs = o["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    if specs.is_empty() {
+        if let Some(target) = o["spec"]["targetCPUUtilizationPercentage"].as_i64() {
+            let current = o["status"]["currentCPUUtilizationPercentage"]
+                .as_i64()
+                .map_or("<unknown>".to_owned(), |c| format!("{c}%"));
+            return format!("cpu: {current}/{target}%");
+        }
+        return "<none>".into();
+    }
+    let current = o["status"]["currentMetrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    specs
+        .iter()
+        .map(|m| {
+            let resource = &m["resource"];
+            let name = text(&resource["name"]);
+            let target = &resource["target"];
+            let measured = current
+                .iter()
+                .find(|c| c["resource"]["name"] == resource["name"]);
+            match target["type"].as_str() {
+                Some("Utilization") => {
+                    let now = measured
+                        .and_then(|c| c["resource"]["current"]["averageUtilization"].as_i64())
+                        .map_or("<unknown>".to_owned(), |v| format!("{v}%"));
+                    format!("{name}: {now}/{}%", int(&target["averageUtilization"]))
+                }
+                _ => {
+                    let now = measured
+                        .and_then(|c| c["resource"]["current"]["averageValue"].as_str())
+                        .unwrap_or("<unknown>")
+                        .to_owned();
+                    format!("{name}: {now}/{}", text(&target["averageValue"]))
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The cells after the name, in [`columns`] order.
 fn cells(kind: &str, o: &Value) -> Vec<Value> {
     let (spec, status) = (&o["spec"], &o["status"]);
@@ -281,12 +431,196 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "Lease" => vec![json!(or_none(text(&spec["holderIdentity"]))), json!(age(o))],
+        "Event" => {
+            // core/v1 names, else events.k8s.io/v1's.
+            let subject = if o["involvedObject"].is_object() {
+                &o["involvedObject"]
+            } else {
+                &o["regarding"]
+            };
+            let last = ["lastTimestamp", "eventTime", "deprecatedLastTimestamp"]
+                .iter()
+                .find_map(|f| o[*f].as_str())
+                .or(o["metadata"]["creationTimestamp"].as_str());
+            let message = o["message"]
+                .as_str()
+                .or(o["note"].as_str())
+                .unwrap_or_default();
+            vec![
+                json!(human_age(age_seconds(last))),
+                json!(text(&o["type"])),
+                json!(text(&o["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    text(&subject["kind"]).to_lowercase(),
+                    text(&subject["name"])
+                )),
+                json!(message),
+            ]
+        }
+        "Job" => {
+            let condition = |kind: &str| {
+                status["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == kind && c["status"] == "True")
+                })
+            };
+            let state = if condition("Complete") {
+                "Complete"
+            } else if condition("Failed") {
+                "Failed"
+            } else if spec["suspend"] == json!(true) {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let started = status["startTime"].as_str();
+            let duration = match (started, status["completionTime"].as_str()) {
+                (Some(start), Some(end)) => {
+                    human_age(age_seconds(Some(start)) - age_seconds(Some(end)))
+                }
+                (Some(start), None) => human_age(age_seconds(Some(start))),
+                _ => String::new(),
+            };
+            vec![
+                json!(state),
+                json!(format!(
+                    "{}/{}",
+                    int(&status["succeeded"]),
+                    spec["completions"].as_i64().unwrap_or(1)
+                )),
+                json!(duration),
+                json!(age(o)),
+                json!(containers(&spec["template"]["spec"], "name")),
+                json!(containers(&spec["template"]["spec"], "image")),
+                json!(pairs(&spec["selector"]["matchLabels"])),
+            ]
+        }
+        "DaemonSet" => vec![
+            json!(int(&status["desiredNumberScheduled"])),
+            json!(int(&status["currentNumberScheduled"])),
+            json!(int(&status["numberReady"])),
+            json!(int(&status["updatedNumberScheduled"])),
+            json!(int(&status["numberAvailable"])),
+            json!(or_none(pairs(&spec["template"]["spec"]["nodeSelector"]))),
+            json!(age(o)),
+            json!(containers(&spec["template"]["spec"], "name")),
+            json!(containers(&spec["template"]["spec"], "image")),
+            json!(pairs(&spec["selector"]["matchLabels"])),
+        ],
+        "HorizontalPodAutoscaler" => {
+            let target = &spec["scaleTargetRef"];
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    text(&target["kind"]),
+                    text(&target["name"])
+                )),
+                json!(hpa_targets(o)),
+                json!(spec["minReplicas"].as_i64().unwrap_or(1).to_string()),
+                json!(int(&spec["maxReplicas"])),
+                json!(int(&status["currentReplicas"])),
+                json!(age(o)),
+            ]
+        }
+        "PersistentVolume" => {
+            let claim = &spec["claimRef"];
+            vec![
+                json!(text(&spec["capacity"]["storage"])),
+                json!(access_modes(&spec["accessModes"])),
+                json!(text(&spec["persistentVolumeReclaimPolicy"])),
+                json!(status["phase"].as_str().unwrap_or("Pending")),
+                json!(if claim.is_object() {
+                    format!("{}/{}", text(&claim["namespace"]), text(&claim["name"]))
+                } else {
+                    String::new()
+                }),
+                json!(text(&spec["storageClassName"])),
+                json!(or_unset(text(&spec["volumeAttributesClassName"]))),
+                json!(text(&status["reason"])),
+                json!(age(o)),
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            json!(status["phase"].as_str().unwrap_or("Pending")),
+            json!(text(&spec["volumeName"])),
+            json!(text(&status["capacity"]["storage"])),
+            json!(access_modes(&status["accessModes"])),
+            json!(text(&spec["storageClassName"])),
+            json!(or_unset(text(&spec["volumeAttributesClassName"]))),
+            json!(age(o)),
+        ],
+        "Endpoints" => {
+            let mut endpoints = Vec::new();
+            for subset in o["subsets"].as_array().into_iter().flatten() {
+                for address in subset["addresses"].as_array().into_iter().flatten() {
+                    for port in subset["ports"].as_array().into_iter().flatten() {
+                        endpoints.push(format!("{}:{}", text(&address["ip"]), int(&port["port"])));
+                    }
+                }
+            }
+            vec![json!(or_none(endpoints.join(","))), json!(age(o))]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| int(&p["port"]).to_string())
+                .collect();
+            let addresses: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .map(|a| text(&a))
+                .collect();
+            vec![
+                json!(text(&o["addressType"])),
+                json!(if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports.join(",")
+                }),
+                json!(if addresses.is_empty() {
+                    "<unset>".into()
+                } else {
+                    addresses.join(",")
+                }),
+                json!(age(o)),
+            ]
+        }
+        "StorageClass" => vec![
+            json!(text(&o["provisioner"])),
+            json!(o["reclaimPolicy"].as_str().unwrap_or("Delete")),
+            json!(o["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+            json!(
+                o["allowVolumeExpansion"]
+                    .as_bool()
+                    .unwrap_or(false)
+                    .to_string()
+            ),
+            json!(age(o)),
+        ],
+        "ControllerRevision" => {
+            let owner = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)))
+                .map(|r| format!("{}/{}", text(&r["kind"]).to_lowercase(), text(&r["name"])))
+                .unwrap_or_else(|| "<none>".into());
+            vec![json!(owner), json!(int(&o["revision"])), json!(age(o))]
+        }
         _ => vec![json!(age(o))],
     }
 }
 
 fn row(kind: &str, object: &Value) -> Value {
-    let mut row_cells = vec![json!(object["metadata"]["name"])];
+    // Every kind's first column is its name, but an Event's.
+    let mut row_cells = if columns(kind).first() == Some(&NAME) {
+        vec![json!(object["metadata"]["name"])]
+    } else {
+        Vec::new()
+    };
     row_cells.extend(cells(kind, object));
     json!({
         "cells": row_cells,
@@ -357,6 +691,24 @@ mod tests {
             ("Lease", json!({"metadata": {"name": "l"}})),
             ("ServiceAccount", json!({"metadata": {"name": "sa"}})),
             ("Job", json!({"metadata": {"name": "j"}})),
+            ("DaemonSet", json!({"metadata": {"name": "d"}})),
+            (
+                "HorizontalPodAutoscaler",
+                json!({"metadata": {"name": "h"}, "spec": {"metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 10}}}]}}),
+            ),
+            (
+                "Event",
+                json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "web-1"}, "reason": "Scheduled", "type": "Normal", "message": "ok"}),
+            ),
+            ("PersistentVolume", json!({"metadata": {"name": "pv"}})),
+            (
+                "PersistentVolumeClaim",
+                json!({"metadata": {"name": "pvc"}}),
+            ),
+            ("Endpoints", json!({"metadata": {"name": "ep"}})),
+            ("EndpointSlice", json!({"metadata": {"name": "es"}})),
+            ("StorageClass", json!({"metadata": {"name": "sc"}})),
+            ("ControllerRevision", json!({"metadata": {"name": "cr"}})),
         ];
         for (kind, object) in objects {
             let t = table(kind, std::slice::from_ref(&object), "7", None);
@@ -376,5 +728,25 @@ mod tests {
             None,
         );
         assert_eq!(svc["rows"][0]["cells"][4], "80:30080/TCP");
+        let hpa = table(
+            "HorizontalPodAutoscaler",
+            &[json!({"metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 10}}}]},
+            "status": {"currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 12}}}]}})],
+            "1",
+            None,
+        );
+        assert_eq!(hpa["rows"][0]["cells"][1], "Deployment/web");
+        assert_eq!(hpa["rows"][0]["cells"][2], "cpu: 12%/10%");
+        let event = table(
+            "Event",
+            &[
+                json!({"involvedObject": {"kind": "Pod", "name": "web-1"}, "reason": "Scheduled", "type": "Normal", "message": "ok", "metadata": {"name": "e"}}),
+            ],
+            "1",
+            None,
+        );
+        assert_eq!(event["rows"][0]["cells"][3], "pod/web-1");
     }
 }

@@ -768,3 +768,55 @@ impl JsonParser<'_> {
         char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
     }
 }
+
+/// A process a test starts, its stderr captured (and printed if the test
+/// panics); killed and reaped on drop.
+#[allow(dead_code, reason = "each test crate uses a part of the harness")]
+pub(crate) struct Spawned {
+    description: String,
+    child: Child,
+    log: Captured,
+    lines: Receiver<String>,
+}
+
+#[allow(dead_code, reason = "each test crate uses a part of the harness")]
+impl Spawned {
+    pub(crate) fn start(mut command: Command, description: &str) -> Spawned {
+        let log = Captured::default();
+        let (child, lines) = launch(&mut command, &log);
+        Spawned {
+            description: description.to_owned(),
+            child,
+            log,
+            lines,
+        }
+    }
+
+    /// Waits (at most [`STARTUP_DEADLINE`]) for a line of stderr containing `text`.
+    pub(crate) fn await_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            let line = recv_before(&self.lines, deadline)
+                .unwrap_or_else(|| panic!("{} did not log {text:?}", self.description));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("----- {} -----\n{}", self.description, self.log.contents());
+        }
+    }
+}
+
+/// Free ports on loopback, for a test to hand to processes it starts.
+#[allow(dead_code, reason = "each test crate uses a part of the harness")]
+pub(crate) fn free_local_ports<const N: usize>() -> [u16; N] {
+    free_ports()
+}
