@@ -693,3 +693,84 @@ fn the_api_server_runs_against_a_real_etcd() {
         assert!(keys.contains(key), "{key} in:\n{keys}");
     }
 }
+
+#[test]
+fn an_agent_joins_with_the_token_and_gets_a_certificate() {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    use std::process::Command;
+
+    let plane = Cluster::start_control_plane();
+    // Any member's token; another member answers the join.
+    let token_file = plane.member(0).kubeconfig().with_file_name("token");
+    let token = std::fs::read_to_string(&token_file).expect("the member writes its join token");
+    let token = token.trim();
+    let member = plane.member(2);
+    let admin = std::fs::read_to_string(member.kubeconfig()).expect("read kubeconfig");
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server in kubeconfig")
+        .to_owned();
+    let curl = |args: &[&str]| {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "20"])
+            .args(args)
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // The CA a joiner fetches before it trusts anything is the one the token pins.
+    let ca = curl(&["-k", &format!("{server}/keelson/v1/cacerts")]);
+    let hash: String = Sha256::digest(ca.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        token.starts_with(&format!("K10{hash}::keelson:")),
+        "{token}"
+    );
+    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca_file.path(), &ca).expect("write CA");
+    let ca_path = ca_file.path().to_str().expect("utf-8 path");
+
+    let join = |token: &str| {
+        curl(&[
+            "--cacert",
+            ca_path,
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!(r#"{{"token":"{token}","name":"node-1","role":"agent"}}"#),
+            &format!("{server}/keelson/v1/join"),
+        ])
+    };
+    assert!(join("not-the-token").ends_with("\n401"));
+    let answer = join(token);
+    let (body, code) = answer.rsplit_once('\n').expect("a status code");
+    assert_eq!(code, "200", "{body}");
+    let answer = common::Json::parse(body);
+    assert_eq!(answer["user"].as_str(), "system:node:node-1");
+
+    // The certificate is the agent's way in.
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let config = kubeconfig_like(
+        &member.kubeconfig(),
+        Some((
+            &b64(answer["certificate"].as_str()),
+            &b64(answer["key"].as_str()),
+        )),
+    );
+    let listed = member
+        .kubectl_command(&["get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", config.path())
+        .output()
+        .expect("run kubectl");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("namespace/kube-node-lease"),
+        "{listed:?}"
+    );
+}

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::allocate::{self, ServiceRange};
 use crate::convert;
 use crate::discovery;
+use crate::join::Bootstrap;
 use crate::object::{self, metadata, with_version};
 use crate::openapi::OpenApi;
 use crate::patch::{self, PatchType};
@@ -55,6 +56,8 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub struct Api {
     store: Store,
     codec: Codec,
+    /// Answers joiners.
+    bootstrap: Bootstrap,
     /// Where Service ClusterIPs come from.
     services: ServiceRange,
     /// `host:port` clients reach this server at.
@@ -254,6 +257,7 @@ impl Api {
     pub fn new(
         store: Store,
         sealer: Sealer,
+        bootstrap: Bootstrap,
         services: ServiceRange,
         address: String,
         shutdown: CancellationToken,
@@ -261,6 +265,7 @@ impl Api {
         Arc::new(Self {
             store,
             codec: Codec { sealer },
+            bootstrap,
             services,
             address,
             shutdown,
@@ -344,10 +349,28 @@ impl Api {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (response, verb, resource) = if authenticated {
-            self.route(request).await
-        } else {
-            (Err(ApiError::unauthorized()), "OTHER", String::new())
+        let (response, verb, resource) = match (request.method(), path.as_str()) {
+            // The two doors open to clients without a certificate (see `join`).
+            (&Method::GET, "/keelson/v1/cacerts") => {
+                let mut pem = Response::new(Body::from(self.bootstrap.ca_pem().to_owned()));
+                pem.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/x-pem-file"),
+                );
+                (Ok(pem), "GET", String::new())
+            }
+            (&Method::POST, "/keelson/v1/join") => {
+                let answer = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+                    Ok(body) => self
+                        .bootstrap
+                        .join(&body)
+                        .map(|a| json_response(StatusCode::OK, &a)),
+                    Err(_) => Err(ApiError::too_large(64 * 1024)),
+                };
+                (answer, "POST", String::new())
+            }
+            _ if authenticated => self.route(request).await,
+            _ => (Err(ApiError::unauthorized()), "OTHER", String::new()),
         };
         let response = response.unwrap_or_else(|error| error_response(&error));
         let code = response.status().as_u16().to_string();

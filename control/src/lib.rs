@@ -18,6 +18,7 @@
 //! - [`openapi`]: OpenAPI v3 documents, and request bodies checked against them.
 //! - [`protobuf`]: protobuf request bodies (client-go's typed clients) read as JSON.
 //! - [`secrets`]: Secrets encrypted at rest (AES-256-GCM).
+//! - [`join`]: the join token, and certificates for agents and members that present it.
 //! - [`pki`]: the cluster CA and the certificates it issues.
 
 pub mod allocate;
@@ -25,6 +26,7 @@ pub mod api;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
+pub mod join;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
+use crate::join::Bootstrap;
 use crate::pki::{ClusterCa, PkiError, kubeconfig};
 use crate::secrets::{Sealer, SecretsError};
 use crate::storage::{Store, StoreError, Written};
@@ -228,9 +229,19 @@ pub async fn run(
         }
     })
     .await??;
+    let bootstrap = patiently(&shutdown, "join token", || async {
+        match Bootstrap::from_store(&store, &sealer, ca.clone()).await {
+            Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
+            other => Ok(other),
+        }
+    })
+    .await??;
+    let token_file = config.data_dir.join("token");
+    write(&token_file, &format!("{}\n", bootstrap.token()), true)?;
     let api = Api::new(
         store,
         sealer,
+        bootstrap,
         config.service_range,
         address.to_string(),
         shutdown.clone(),

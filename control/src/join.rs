@@ -1,0 +1,201 @@
+//! Joining with a token: how agents (and operators adding members) get
+//! certificates from the cluster CA without having one yet.
+//!
+//! ```text
+//!  first member: secret (random) ──sealed──► store /keelson/bootstrap/secret
+//!  every member writes DATA_DIR/token:  K10<sha256 of the CA>::keelson:<secret>
+//!
+//!  joiner ── GET  /keelson/v1/cacerts ─────────────► CA (checked against the token's hash)
+//!         ── POST /keelson/v1/join {token, name, role} ► CA, certificate, key
+//! ```
+//!
+//! The token's first part pins the cluster CA (as k3s's `K10…` tokens do), so
+//! a joiner can trust the server it talks to before it has any certificate;
+//! the second part is the secret the server checks. Both endpoints are the
+//! only ones served without a client certificate.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::pki::ClusterCa;
+use crate::secrets::{Sealer, SecretsError};
+use crate::status::ApiError;
+use crate::storage::{Store, Written};
+
+const SECRET_KEY: &[u8] = b"/keelson/bootstrap/secret";
+
+/// The cluster's join token and the CA it pins.
+#[derive(Clone)]
+pub struct Bootstrap {
+    secret: String,
+    ca: ClusterCa,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap").finish_non_exhaustive()
+    }
+}
+
+/// Hex SHA-256 of the CA certificate, as the token carries it.
+fn ca_hash(ca: &ClusterCa) -> String {
+    Sha256::digest(ca.cert_pem.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Equal strings, compared in time that does not depend on where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Bootstrap {
+    /// The cluster's bootstrap secret: from the store, or new (made by the
+    /// first member to look).
+    pub async fn from_store(
+        store: &Store,
+        sealer: &Sealer,
+        ca: ClusterCa,
+    ) -> Result<Self, SecretsError> {
+        let open = |raw: &[u8]| -> Result<String, SecretsError> {
+            Ok(String::from_utf8_lossy(&sealer.open(raw)?).into_owned())
+        };
+        let secret = match store.get(SECRET_KEY).await? {
+            Some(stored) => open(&stored.value)?,
+            None => {
+                let secret = uuid::Uuid::new_v4().simple().to_string();
+                match store
+                    .create(SECRET_KEY, sealer.seal(secret.as_bytes()))
+                    .await?
+                {
+                    Written::Ok(_) => secret,
+                    Written::Conflict(Some(stored)) => open(&stored.value)?,
+                    Written::Conflict(None) => return Err(SecretsError::Undecryptable),
+                }
+            }
+        };
+        Ok(Bootstrap { secret, ca })
+    }
+
+    /// `K10<CA hash>::keelson:<secret>`.
+    pub fn token(&self) -> String {
+        format!("K10{}::keelson:{}", ca_hash(&self.ca), self.secret)
+    }
+
+    /// Whether `token` is this cluster's: its secret must match, and its CA
+    /// hash too when it has one (a bare secret is accepted as well).
+    pub fn accepts(&self, token: &str) -> bool {
+        let (pin, secret) = match token.split_once("::") {
+            Some((pin, rest)) => (
+                pin.strip_prefix("K10"),
+                rest.strip_prefix("keelson:").unwrap_or(rest),
+            ),
+            None => (None, token),
+        };
+        same(secret, &self.secret) && pin.is_none_or(|pin| same(pin, &ca_hash(&self.ca)))
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// Answers a join request: a certificate for `name` in its role.
+    pub fn join(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let request: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        let token = request["token"].as_str().unwrap_or_default();
+        if !self.accepts(token) {
+            return Err(ApiError::unauthorized());
+        }
+        let name = request["name"].as_str().unwrap_or_default();
+        if !crate::object::is_dns_subdomain(name) {
+            return Err(ApiError::bad_request(format!(
+                "name {name:?} must be a lowercase RFC 1123 subdomain"
+            )));
+        }
+        // Kubernetes' identities: a node's kubelet, or a control-plane member.
+        let (user, groups): (String, &[&str]) = match request["role"].as_str().unwrap_or("agent") {
+            "agent" => (format!("system:node:{name}"), &["system:nodes"]),
+            "server" => (format!("system:keelson-server:{name}"), &["system:masters"]),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "role {other:?} is neither \"agent\" nor \"server\""
+                )));
+            }
+        };
+        let issued = self
+            .ca
+            .issue_client(&user, groups)
+            .map_err(|e| ApiError::internal(format!("cannot issue a certificate: {e}")))?;
+        tracing::info!(%user, "issued a certificate to a joiner");
+        Ok(json!({
+            "user": user,
+            "ca": self.ca.cert_pem,
+            "certificate": issued.cert_pem,
+            "key": issued.key_pem,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrap() -> Bootstrap {
+        Bootstrap {
+            secret: "s3cret".into(),
+            ca: ClusterCa::generate().unwrap(),
+        }
+    }
+
+    #[test]
+    fn tokens_pin_the_ca_and_carry_the_secret() {
+        let b = bootstrap();
+        assert!(b.accepts(&b.token()));
+        assert!(b.accepts("s3cret"));
+        assert!(!b.accepts("guess"));
+        assert!(!b.accepts(&b.token().replace("K10", "K10f")));
+        let other = Bootstrap {
+            secret: "s3cret".into(),
+            ca: ClusterCa::generate().unwrap(),
+        };
+        assert!(!b.accepts(&other.token()), "another cluster's CA");
+    }
+
+    #[test]
+    fn a_joiner_gets_a_certificate_for_its_role() {
+        let b = bootstrap();
+        let answer = b
+            .join(format!(r#"{{"token":"{}","name":"node-1"}}"#, b.token()).as_bytes())
+            .unwrap();
+        assert_eq!(answer["user"], "system:node:node-1");
+        assert!(
+            answer["certificate"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(
+            b.join(br#"{"token":"guess","name":"n"}"#).unwrap_err().code,
+            401
+        );
+        assert_eq!(
+            b.join(br#"{"token":"s3cret","name":"Bad_Name"}"#)
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            b.join(br#"{"token":"s3cret","name":"n","role":"king"}"#)
+                .unwrap_err()
+                .code,
+            400
+        );
+    }
+}
