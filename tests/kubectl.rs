@@ -83,6 +83,12 @@ fn kubectl_applies_reads_changes_and_deletes_through_any_member() {
     ]);
     let raw = String::from_utf8_lossy(&raw.stdout);
     assert!(raw.starts_with("k8s:enc:aesgcm:v1:keelson:"), "{raw}");
+    let ca = m2.etcdctl(&["get", "/keelson/pki/ca", "--print-value-only"]);
+    let ca = String::from_utf8_lossy(&ca.stdout);
+    assert!(
+        ca.starts_with("k8s:enc:aesgcm:v1:keelson:") && !ca.contains("PRIVATE KEY"),
+        "the CA is sealed"
+    );
     assert!(
         !raw.contains("czNjcjN0") && !raw.contains("YWRtaW4=") && !raw.contains("db-credentials")
     );

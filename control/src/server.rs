@@ -106,17 +106,19 @@ where
     }
 }
 
-/// The cluster CA: the one in the store, or a new one stored first.
-async fn cluster_ca(store: &Store) -> Result<ClusterCa> {
+/// The cluster CA: the one in the store, or a new one stored first; kept
+/// sealed, as Secrets are.
+async fn cluster_ca(store: &Store, sealer: &Sealer) -> Result<ClusterCa> {
     let parse = |bytes: &[u8]| {
-        serde_json::from_slice::<ClusterCa>(bytes).map_err(ApiServerError::CorruptCa)
+        let opened = sealer.open(bytes)?;
+        serde_json::from_slice::<ClusterCa>(&opened).map_err(ApiServerError::CorruptCa)
     };
     if let Some(stored) = store.get(CA_KEY).await? {
         return parse(&stored.value);
     }
     let ca = ClusterCa::generate()?;
     let encoded = serde_json::to_vec(&ca).map_err(ApiServerError::CorruptCa)?;
-    match store.create(CA_KEY, encoded).await? {
+    match store.create(CA_KEY, sealer.seal(&encoded)).await? {
         Written::Ok(_) => {
             tracing::info!("made the cluster CA");
             Ok(ca)
@@ -192,7 +194,15 @@ pub async fn run(
 ) -> Result<()> {
     let address = reachable(listener.local_addr().map_err(ApiServerError::Listener)?);
     let store = Store::connect(&config.store_endpoints)?;
-    let ca = patiently(&shutdown, "cluster CA", || cluster_ca(&store)).await?;
+    // The key that seals Secrets seals the CA's key too.
+    let sealer = patiently(&shutdown, "secrets key", || async {
+        match Sealer::from_store(&store, &config.cluster_token).await {
+            Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
+            other => Ok(other),
+        }
+    })
+    .await??;
+    let ca = patiently(&shutdown, "cluster CA", || cluster_ca(&store, &sealer)).await?;
 
     let mut hosts = vec![
         "127.0.0.1".to_owned(),
@@ -222,13 +232,6 @@ pub async fn run(
         true,
     )?;
 
-    let sealer = patiently(&shutdown, "secrets key", || async {
-        match Sealer::from_store(&store, &config.cluster_token).await {
-            Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
-            other => Ok(other),
-        }
-    })
-    .await??;
     let bootstrap = patiently(&shutdown, "join token", || async {
         match Bootstrap::from_store(&store, &sealer, ca.clone()).await {
             Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
