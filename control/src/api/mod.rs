@@ -10,13 +10,10 @@
 //! object's revision, so concurrent writers get `409 Conflict`, never a
 //! lost update.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use base64::Engine;
-use futures::StreamExt;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -32,16 +29,21 @@ use crate::resources::{self, RESOURCES, Resource};
 use crate::secrets::Sealer;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::storage::{Change, Store, Stored, WatchBatch, Written};
+use crate::storage::{Store, Stored, Written};
 use crate::table;
 use crate::{defaults, validation};
+
+mod request;
+mod shape;
+mod watch;
+
+use request::{Query, Validation, decode_continue, encode_continue};
+use shape::{defaults_on_create, job_selector, normalize, scale_of, set_condition};
 
 /// The largest request body accepted (Kubernetes' own limit is 3 MiB per object).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// The content type of Kubernetes' protobuf encoding.
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
-/// How long a watch runs when the client names no `timeoutSeconds`.
-const DEFAULT_WATCH_SECONDS: u64 = 1800;
 /// Patches retried this many times when the object moves underneath them.
 const PATCH_ATTEMPTS: usize = 5;
 
@@ -84,91 +86,6 @@ impl Target {
     fn name(&self) -> &str {
         self.name.as_deref().unwrap_or_default()
     }
-}
-
-/// Query parameters, percent-decoded.
-#[derive(Debug, Default)]
-struct Query(HashMap<String, String>);
-
-impl Query {
-    fn parse(query: Option<&str>) -> Self {
-        let mut map = HashMap::new();
-        for pair in query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            map.insert(decode_component(k), decode_component(v));
-        }
-        Query(map)
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .get(key)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A boolean as Go's `strconv.ParseBool` reads it (`true`, `True`, `1`, `t`, …).
-    fn flag(&self, key: &str) -> bool {
-        matches!(
-            self.get(key),
-            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
-        )
-    }
-
-    fn number(&self, key: &str) -> Result<Option<i64>> {
-        self.get(key)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid {key}: {v:?}")))
-            })
-            .transpose()
-    }
-}
-
-fn decode_component(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(digit: u8) -> Option<u8> {
-    char::from(digit).to_digit(16).map(|d| d as u8)
-}
-
-/// A list continuation: the revision the list is read at and the next key.
-fn encode_continue(revision: i64, next_key: &[u8]) -> String {
-    let token = json!({"rv": revision, "start": String::from_utf8_lossy(next_key)});
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
-}
-
-fn decode_continue(token: &str) -> Result<(i64, Vec<u8>)> {
-    let bad = || ApiError::bad_request("invalid continue token");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| bad())?;
-    let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let revision = value["rv"].as_i64().ok_or_else(bad)?;
-    let start = value["start"].as_str().ok_or_else(bad)?;
-    Ok((revision, start.as_bytes().to_vec()))
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
@@ -1079,243 +996,6 @@ impl Api {
             "items": deleted,
         }))
     }
-
-    /// `?watch=true`: a stream of `{"type", "object"}` lines.
-    fn watch(&self, target: &Target, query: &Query, table: bool) -> Result<Response<Body>> {
-        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let from =
-            match query.get("resourceVersion") {
-                None | Some("0") => None,
-                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-            };
-        let seconds = query
-            .number("timeoutSeconds")?
-            .map_or(DEFAULT_WATCH_SECONDS, |s| s.max(1) as u64);
-        let watcher = Watcher {
-            store: self.store.clone(),
-            codec: self.codec.clone(),
-            resource: target.resource,
-            prefix: target.resource.prefix(target.namespace.as_deref()),
-            labels,
-            fields,
-            bookmarks: query.flag("allowWatchBookmarks"),
-            table,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        let shutdown = self.shutdown.clone();
-        let (lines, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        tokio::spawn(async move {
-            tokio::select! {
-                () = watcher.run(from, &lines) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
-            .map(Ok::<_, std::convert::Infallible>);
-        let mut response = Response::new(Body::from_stream(stream));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    }
-}
-
-/// What to do with fields a request body's schema does not know
-/// (`?fieldValidation=`; Kubernetes' default is `Warn`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Validation {
-    Ignore,
-    Warn,
-    Strict,
-}
-
-impl Validation {
-    fn from_query(query: &Query) -> Result<Self> {
-        match query.get("fieldValidation") {
-            None | Some("Warn") => Ok(Self::Warn),
-            Some("Ignore") => Ok(Self::Ignore),
-            Some("Strict") => Ok(Self::Strict),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
-            ))),
-        }
-    }
-
-    /// Refuses values of the wrong type; refuses, reports or drops unknown fields.
-    fn check(
-        self,
-        resource: &Resource,
-        object: &mut Value,
-        warnings: &mut Vec<String>,
-    ) -> Result<()> {
-        let refuse = |detail: String| {
-            ApiError::bad_request(format!(
-                "{kind} in version \"{version}\" cannot be handled as a {kind}: {detail}",
-                kind = resource.kind,
-                version = resource.version,
-            ))
-        };
-        let unknown = OpenApi::get().check(resource, object).map_err(refuse)?;
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        if self == Self::Strict {
-            let list: Vec<String> = unknown
-                .iter()
-                .map(|f| format!("unknown field {f:?}"))
-                .collect();
-            return Err(refuse(format!(
-                "strict decoding error: {}",
-                list.join(", ")
-            )));
-        }
-        for field in &unknown {
-            object::remove_path(object, field);
-            if self == Self::Warn {
-                warnings.push(format!("unknown field {field:?}"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Feeds one watch.
-struct Watcher {
-    store: Store,
-    codec: Codec,
-    resource: &'static Resource,
-    prefix: String,
-    labels: LabelSelector,
-    fields: FieldSelector,
-    bookmarks: bool,
-    table: bool,
-}
-
-fn event_line(kind: &str, object: &Value) -> Vec<u8> {
-    let mut line = json!({"type": kind, "object": object})
-        .to_string()
-        .into_bytes();
-    line.push(b'\n');
-    line
-}
-
-impl Watcher {
-    /// An event about `object`: the object, or a one-row table of it when
-    /// the client asked for tables (`kubectl get -w`).
-    fn line(&self, kind: &str, object: &Value) -> Vec<u8> {
-        if self.table {
-            let rv = object["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default();
-            let table = table::table(self.resource.kind, std::slice::from_ref(object), rv, None);
-            return event_line(kind, &table);
-        }
-        event_line(kind, object)
-    }
-
-    fn selected(&self, object: &Value) -> bool {
-        self.labels.matches(object) && self.fields.matches(object)
-    }
-
-    /// Sends events until the client goes away or the store ends the watch.
-    async fn run(self, from: Option<i64>, lines: &tokio::sync::mpsc::Sender<Vec<u8>>) {
-        if let Err(error) = self.events(from, lines).await {
-            let error = ApiError::from(error);
-            let status = if error.code == 410 {
-                ApiError::gone(format!("too old resource version: {}", from.unwrap_or(0)))
-                    .to_status()
-            } else {
-                error.to_status()
-            };
-            drop(lines.send(event_line("ERROR", &status)).await);
-        }
-    }
-
-    async fn events(
-        &self,
-        from: Option<i64>,
-        lines: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    ) -> std::result::Result<(), crate::storage::StoreError> {
-        // Without a version, the watch starts with the current state.
-        let start = match from {
-            Some(rv) => rv + 1,
-            None => {
-                let page = self.store.list(self.prefix.as_bytes(), None, 0, 0).await?;
-                for stored in &page.items {
-                    let Ok(object) = self.codec.decode(self.resource, stored) else {
-                        continue;
-                    };
-                    if self.selected(&object)
-                        && lines.send(self.line("ADDED", &object)).await.is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                page.revision + 1
-            }
-        };
-        let mut watch = self.store.watch(self.prefix.as_bytes(), start).await?;
-        loop {
-            let batch = watch.next().await?;
-            let events: Vec<Vec<u8>> = match batch {
-                WatchBatch::Progress(revision) if self.bookmarks => {
-                    let bookmark = json!({
-                        "kind": self.resource.kind,
-                        "apiVersion": self.resource.api_version(),
-                        "metadata": {"resourceVersion": revision.to_string()},
-                    });
-                    vec![event_line("BOOKMARK", &bookmark)]
-                }
-                WatchBatch::Progress(_) => Vec::new(),
-                WatchBatch::Changes(changes) => {
-                    changes.iter().filter_map(|c| self.event(c)).collect()
-                }
-            };
-            for line in events {
-                if lines.send(line).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// A change as the event a client with this watch's selectors sees.
-    fn event(&self, change: &Change) -> Option<Vec<u8>> {
-        match change {
-            Change::Put {
-                kv,
-                created,
-                previous,
-            } => {
-                let object = self.codec.decode(self.resource, kv).ok()?;
-                let was = previous
-                    .as_ref()
-                    .and_then(|p| self.codec.decode(self.resource, p).ok())
-                    .is_some_and(|p| self.selected(&p));
-                match (was && !created, self.selected(&object)) {
-                    (false, true) => Some(self.line("ADDED", &object)),
-                    (true, true) => Some(self.line("MODIFIED", &object)),
-                    (true, false) => Some(self.line("DELETED", &object)),
-                    (false, false) => None,
-                }
-            }
-            Change::Deleted { previous, revision } => {
-                let object = with_version(
-                    self.codec.decode(self.resource, previous.as_ref()?).ok()?,
-                    *revision,
-                );
-                self.selected(&object)
-                    .then(|| self.line("DELETED", &object))
-            }
-        }
-    }
 }
 
 /// `{"kind": "Status", "status": "Success"}`.
@@ -1376,132 +1056,6 @@ fn merge_update(resource: &Resource, sub: Option<&str>, current: &Value, given: 
     }
 }
 
-/// Defaults the server sets at creation.
-fn defaults_on_create(resource: &Resource, object: &mut Value) {
-    match resource.plural {
-        "namespaces" => {
-            object["spec"]["finalizers"] = json!(["kubernetes"]);
-            object["status"] = json!({"phase": "Active"});
-            let name = object::name_of(object).to_owned();
-            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-        }
-        "pods" => {
-            let phase = json!({"phase": "Pending", "qosClass": "BestEffort"});
-            object["status"] = phase;
-        }
-        "deployments"
-        | "replicasets"
-        | "statefulsets"
-        | "daemonsets"
-        | "jobs"
-        | "horizontalpodautoscalers" => {
-            object["status"] = json!({});
-        }
-        "services" => {
-            object["status"] = json!({"loadBalancer": {}});
-        }
-        _ => {}
-    }
-}
-
-/// A new Job selects its own pods by its `uid`, and labels its template so
-/// (unless it asks for a selector of its own with `manualSelector`).
-fn job_selector(job: &mut Value) {
-    if job["spec"]["manualSelector"] == json!(true) {
-        return;
-    }
-    let uid = job["metadata"]["uid"].clone();
-    let name = job["metadata"]["name"].clone();
-    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
-    if !labels.is_object() {
-        *labels = json!({});
-    }
-    for (key, value) in [
-        ("batch.kubernetes.io/controller-uid", &uid),
-        ("batch.kubernetes.io/job-name", &name),
-        ("controller-uid", &uid),
-        ("job-name", &name),
-    ] {
-        labels[key] = value.clone();
-    }
-}
-
-/// What Kubernetes rewrites on every write: a Secret's `stringData` is
-/// merged into its `data` (base64), and its type defaults to `Opaque`.
-fn normalize(resource: &Resource, object: &mut Value) {
-    if resource.plural != "secrets" {
-        return;
-    }
-    if let Some(Value::Object(strings)) =
-        object.as_object_mut().and_then(|o| o.remove("stringData"))
-    {
-        if !object["data"].is_object() {
-            object["data"] = json!({});
-        }
-        for (key, value) in strings {
-            let text = value.as_str().unwrap_or_default();
-            object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-        }
-    }
-    if object["type"].as_str().is_none_or(str::is_empty) {
-        object["type"] = json!("Opaque");
-    }
-}
-
-/// Sets a condition of `object.status.conditions`.
-fn set_condition(
-    object: &mut Value,
-    kind: &str,
-    status: &str,
-    reason: Option<&str>,
-    message: Option<&str>,
-) {
-    let mut condition =
-        json!({"type": kind, "status": status, "lastTransitionTime": object::now()});
-    if let Some(reason) = reason {
-        condition["reason"] = json!(reason);
-    }
-    if let Some(message) = message {
-        condition["message"] = json!(message);
-    }
-    let conditions = &mut object["status"]["conditions"];
-    if !conditions.is_array() {
-        *conditions = json!([]);
-    }
-    if let Value::Array(list) = conditions {
-        list.retain(|c| c["type"] != kind);
-        list.push(condition);
-    }
-}
-
-/// The `autoscaling/v1` `Scale` of a scalable object.
-fn scale_of(object: &Value) -> Value {
-    let selector = object["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let meta = &object["metadata"];
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "resourceVersion": meta["resourceVersion"],
-            "creationTimestamp": meta["creationTimestamp"],
-        },
-        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1537,33 +1091,6 @@ mod tests {
         assert!(parse_target("", "v1", &["nope"]).is_none());
         let node = parse_target("", "v1", &["nodes", "n1", "status"]).unwrap();
         assert_eq!(node.subresource.as_deref(), Some("status"));
-    }
-
-    #[test]
-    fn queries_are_percent_decoded() {
-        let q = Query::parse(Some(
-            "labelSelector=app%3Dweb%2Ctier+in+(a)&watch=true&limit=5",
-        ));
-        assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
-        assert!(q.flag("watch"));
-        assert!(
-            Query::parse(Some("watch=True")).flag("watch"),
-            "as the Python client spells it"
-        );
-        assert!(!Query::parse(Some("watch=false")).flag("watch"));
-        assert_eq!(q.number("limit").unwrap(), Some(5));
-        assert!(Query::parse(Some("limit=x")).number("limit").is_err());
-        assert_eq!(decode_component("100%"), "100%");
-    }
-
-    #[test]
-    fn continue_tokens_round_trip_and_reject_garbage() {
-        let token = encode_continue(42, b"/registry/pods/default/b\0");
-        assert_eq!(
-            decode_continue(&token).unwrap(),
-            (42, b"/registry/pods/default/b\0".to_vec())
-        );
-        assert!(decode_continue("not a token!").is_err());
     }
 
     #[test]
