@@ -780,3 +780,53 @@ fn an_agent_joins_with_the_token_and_gets_a_certificate() {
         "{listed:?}"
     );
 }
+
+#[test]
+fn lists_page_through_selections_with_continue_tokens() {
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    for i in 0..6 {
+        let tier = if i % 2 == 0 { "a" } else { "b" };
+        m0.kubectl_ok(&[
+            "create",
+            "configmap",
+            &format!("c{i}"),
+            "--from-literal=i=1",
+        ]);
+        m0.kubectl_ok(&[
+            "label",
+            "configmap",
+            &format!("c{i}"),
+            &format!("tier={tier}"),
+        ]);
+    }
+    // kubectl follows the continue tokens, one object per page.
+    let names = plane.member(1).kubectl_ok(&[
+        "get",
+        "configmaps",
+        "-l",
+        "tier=a",
+        "--chunk-size=1",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(names, "configmap/c0\nconfigmap/c2\nconfigmap/c4\n");
+    // A page holds at most `limit` objects, and says where the rest are.
+    let page = common::Json::parse(&m0.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2&labelSelector=tier%3Db",
+    ]));
+    assert_eq!(page["items"].as_array().len(), 2);
+    let token = page["metadata"]["continue"].as_str().to_owned();
+    let rest = common::Json::parse(&m0.kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?limit=2&labelSelector=tier%3Db&continue={token}"
+        ),
+    ]));
+    assert_eq!(rest["items"].as_array().len(), 1);
+    assert_eq!(rest["items"][0]["metadata"]["name"].as_str(), "c5");
+    assert!(rest["metadata"]["continue"].is_null());
+}

@@ -515,22 +515,25 @@ impl Api {
                 .list(prefix.as_bytes(), start.as_deref(), limit, revision)
                 .await?;
             revision = page.revision;
-            let last = page.items.last().map(|s| s.key.clone());
-            for stored in &page.items {
+            let count = page.items.len();
+            // The key after the last one read: where a continuation starts.
+            let mut after = None;
+            for (i, stored) in page.items.iter().enumerate() {
                 let object = self.codec.decode(resource, stored)?;
                 if labels.matches(&object) && fields.matches(&object) {
                     items.push(object);
                 }
-            }
-            match last {
-                Some(mut key) if page.more => {
-                    key.push(0);
-                    if limit > 0 && items.len() as i64 >= limit {
-                        next = Some(encode_continue(revision, &key));
-                        break;
-                    }
-                    start = Some(key);
+                let mut key = stored.key.clone();
+                key.push(0);
+                // A full page: more follow if this page or the store has them.
+                if limit > 0 && items.len() as i64 == limit && (i + 1 < count || page.more) {
+                    next = Some(encode_continue(revision, &key));
+                    break;
                 }
+                after = Some(key);
+            }
+            match after {
+                Some(key) if next.is_none() && page.more => start = Some(key),
                 _ => break,
             }
         }
