@@ -478,12 +478,19 @@ impl Api {
     }
 
     async fn get(&self, target: &Target) -> Result<Value> {
+        Ok(self.current(target).await?.1)
+    }
+
+    /// The object `target` names, as stored (for its revision) and as its
+    /// clients see it; `404` if there is none.
+    async fn current(&self, target: &Target) -> Result<(Stored, Value)> {
         let stored = self
             .store
             .get(target.key()?.as_bytes())
             .await?
             .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        self.codec.decode(target.resource, &stored)
+        let object = self.codec.decode(target.resource, &stored)?;
+        Ok((stored, object))
     }
 
     async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
@@ -678,16 +685,10 @@ impl Api {
                     .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
             })
             .transpose()?;
-        let key = target.key()?;
-        let current = self
-            .store
-            .get(key.as_bytes())
-            .await?
-            .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
+        let (current, current_object) = self.current(target).await?;
         if precondition.is_some_and(|rv| rv != current.mod_revision) {
             return Err(ApiError::conflict(resource, target.name()));
         }
-        let current_object = self.codec.decode(resource, &current)?;
         let updated = merge_update(resource, sub, &current_object, given);
         self.write_update(target, &current_object, updated, current.mod_revision)
             .await
@@ -755,13 +756,7 @@ impl Api {
     ) -> Result<Value> {
         let resource = target.resource;
         for _ in 0..PATCH_ATTEMPTS {
-            let key = target.key()?;
-            let current = self
-                .store
-                .get(key.as_bytes())
-                .await?
-                .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-            let current_object = self.codec.decode(resource, &current)?;
+            let (current, current_object) = self.current(target).await?;
             if sub == Some("scale") {
                 let mut scale = scale_of(&current_object);
                 patch::apply(kind, &mut scale, body)?;
@@ -805,13 +800,7 @@ impl Api {
                     )],
                 )
             })?;
-        let key = target.key()?;
-        let current = self
-            .store
-            .get(key.as_bytes())
-            .await?
-            .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let current_object = self.codec.decode(target.resource, &current)?;
+        let (current, current_object) = self.current(target).await?;
         if let Some(rv) = scale["metadata"]["resourceVersion"]
             .as_str()
             .filter(|v| !v.is_empty())
@@ -842,13 +831,7 @@ impl Api {
                     vec![crate::status::Cause::required("target.name")],
                 )
             })?;
-        let key = target.key()?;
-        let current = self
-            .store
-            .get(key.as_bytes())
-            .await?
-            .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-        let pod = self.codec.decode(target.resource, &current)?;
+        let (current, pod) = self.current(target).await?;
         if let Some(assigned) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict_because(format!(
                 "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{assigned}\"",
@@ -874,12 +857,7 @@ impl Api {
             })?
         };
         let key = target.key()?;
-        let current = self
-            .store
-            .get(key.as_bytes())
-            .await?
-            .ok_or_else(|| ApiError::not_found(resource, target.name()))?;
-        let object = self.codec.decode(resource, &current)?;
+        let (current, object) = self.current(target).await?;
         let preconditions = &options["preconditions"];
         if preconditions["uid"]
             .as_str()
@@ -922,7 +900,6 @@ impl Api {
             if resource.plural == "namespaces" {
                 marked["status"]["phase"] = json!("Terminating");
             }
-            let key = key.clone();
             let written = match self
                 .store
                 .update(
