@@ -113,6 +113,17 @@ impl Drop for Timer {
     }
 }
 
+/// The guard of a write that expects `key` unchanged since `revision`.
+fn modified_at(key: &[u8], revision: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        target_union: Some(compare::TargetUnion::ModRevision(revision)),
+        ..Default::default()
+    }
+}
+
 /// A client of the store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -212,25 +223,13 @@ impl Store {
 
     /// Replaces `key` if its revision is still `revision`.
     pub async fn update(&self, key: &[u8], value: Vec<u8>, revision: i64) -> Result<Written> {
-        let guard = Compare {
-            key: key.to_vec(),
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Mod as i32,
-            target_union: Some(compare::TargetUnion::ModRevision(revision)),
-            ..Default::default()
-        };
+        let guard = modified_at(key, revision);
         self.guarded_put(key, value, guard).await
     }
 
     /// Deletes `key` if its revision is still `revision`.
     pub async fn delete(&self, key: &[u8], revision: i64) -> Result<Written> {
-        let guard = Compare {
-            key: key.to_vec(),
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Mod as i32,
-            target_union: Some(compare::TargetUnion::ModRevision(revision)),
-            ..Default::default()
-        };
+        let guard = modified_at(key, revision);
         let delete = RequestOp {
             request: Some(request_op::Request::RequestDeleteRange(
                 DeleteRangeRequest {
