@@ -23,6 +23,7 @@
 
 pub mod allocate;
 pub mod api;
+pub mod client;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
@@ -33,6 +34,7 @@ pub mod patch;
 pub mod pki;
 pub mod protobuf;
 pub mod resources;
+pub mod runtime;
 pub mod secrets;
 pub mod selector;
 pub mod server;
