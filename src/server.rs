@@ -102,6 +102,35 @@ pub(crate) struct ServerArgs {
     /// store member.
     #[arg(long, env = "KEELSON_ETCD_SERVERS", value_delimiter = ',')]
     etcd_servers: Vec<String>,
+    /// Take part in electing the member that runs the controllers and the
+    /// scheduler.
+    #[arg(long, env = "KEELSON_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long other members wait after the leader's last renewal before
+    /// taking over.
+    #[arg(long, env = "KEELSON_LEADER_ELECT_LEASE_DURATION", default_value = "3s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal
+    /// (shorter than the lease duration).
+    #[arg(long, env = "KEELSON_LEADER_ELECT_RENEW_DEADLINE", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take the lease and the leader renews it.
+    #[arg(long, env = "KEELSON_LEADER_ELECT_RETRY_PERIOD", default_value = "500ms", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+impl ServerArgs {
+    fn controllers(&self) -> anyhow::Result<Option<keelson_control::controllers::ControllerConfig>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let mut config = keelson_control::controllers::ControllerConfig::new(&self.name);
+        config.lease_duration = self.leader_elect_lease_duration;
+        config.renew_deadline = self.leader_elect_renew_deadline;
+        config.retry_period = self.leader_elect_retry_period;
+        config.leader().validate().context("--leader-elect-*")?;
+        Ok(Some(config))
+    }
 }
 
 fn parse_service_range(text: &str) -> Result<keelson_control::allocate::ServiceRange, String> {
@@ -136,9 +165,11 @@ async fn run_api(
     store_endpoints: Vec<String>,
     service_range: keelson_control::allocate::ServiceRange,
     cluster_token: String,
+    controllers: Option<keelson_control::controllers::ControllerConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = keelson_control::server::ApiConfig {
+        controllers,
         data_dir,
         store_endpoints,
         extra_hosts: host_name().into_iter().collect(),
@@ -263,6 +294,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
     let api = bind_api(&args.listen_api_url).await?;
+    let controllers = args.controllers()?;
     let service_range = args.service_cluster_ip_range;
     let token = args.initial_cluster_token.clone();
     if !args.etcd_servers.is_empty() {
@@ -278,6 +310,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.etcd_servers,
             service_range,
             args.initial_cluster_token,
+            controllers,
             shutdown,
         )
         .await;
@@ -372,6 +405,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             vec![format!("http://{local}")],
             service_range,
             token,
+            controllers,
             shutdown.clone(),
         )
         .await;

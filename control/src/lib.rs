@@ -24,6 +24,7 @@
 pub mod allocate;
 pub mod api;
 pub mod client;
+pub mod controllers;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
@@ -33,8 +34,10 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod runtime;
+pub mod scheduler;
 pub mod secrets;
 pub mod selector;
 pub mod server;

@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub service_range: crate::allocate::ServiceRange,
     /// The cluster token: it wraps the key Secrets are encrypted with.
     pub cluster_token: String,
+    /// Take part in the election for running the controllers and the
+    /// scheduler (`None`: serve the API only).
+    pub controllers: Option<crate::controllers::ControllerConfig>,
 }
 
 /// Why the API server could not start.
@@ -257,6 +260,10 @@ pub async fn run(
     .await?;
 
     tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
+    let controllers = config.controllers.clone().map(|controllers| {
+        let client = crate::client::Client::in_process(api.clone());
+        tokio::spawn(crate::controllers::run(client, controllers, shutdown.clone()))
+    });
     let acceptor = TlsAcceptor::from(tls_config(&ca, &serving)?);
     tracing::info!(address = %address, kubeconfig = %config.data_dir.join("admin.kubeconfig").display(), "serving Kubernetes API");
     let connections = tokio_util::task::TaskTracker::new();
@@ -310,6 +317,9 @@ pub async fn run(
                 }
             }
         });
+    }
+    if let Some(controllers) = controllers {
+        drop(tokio::time::timeout(Duration::from_secs(5), controllers).await);
     }
     connections.close();
     drop(tokio::time::timeout(Duration::from_secs(10), connections.wait()).await);

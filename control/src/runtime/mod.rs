@@ -10,7 +10,6 @@
 //! observed state from the caches and moves one towards the other.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ pub async fn run_workers<F, Fut, E>(
 ) where
     F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, E>> + Send,
-    E: Display,
+    E: std::error::Error,
 {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
@@ -59,6 +58,7 @@ pub async fn run_workers<F, Fut, E>(
                         queue.add_after(key.clone(), delay);
                     }
                     Err(error) => {
+                        let error = chain(&error);
                         let failures = queue.failures(&key);
                         if failures < 3 {
                             tracing::debug!(controller = name, %key, %error, "reconcile failed; retrying");
@@ -73,6 +73,18 @@ pub async fn run_workers<F, Fut, E>(
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// An error and its causes on one line: `a: b: c`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Waits until every informer has its first list; `false` on shutdown.

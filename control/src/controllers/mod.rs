@@ -1,0 +1,140 @@
+//! The controller manager and the scheduler, run by the one member that
+//! holds the `kube-system/keelson-controller-manager` Lease.
+//!
+//! ```text
+//!  leader::run ──won──► shared informers (pods, nodes, replicasets, deployments, …)
+//!                          ├─► scheduler
+//!                          ├─► replicaset, deployment controllers
+//!                          └─► …
+//!               ──lost──► everything above is cancelled at once
+//! ```
+//!
+//! Every controller reads from the shared caches and writes through the
+//! API with compare-and-set, so a leader that has just been deposed can
+//! at worst lose a race, never corrupt what the new one does.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::runtime::Informer;
+use crate::runtime::events::Recorder;
+use crate::runtime::leader::{self, LeaderConfig};
+use crate::scheduler::Scheduler;
+
+pub mod deployment;
+pub mod expectations;
+pub mod pods;
+pub mod replicaset;
+
+/// The Lease whose holder runs the controllers.
+pub const LEASE_NAME: &str = "keelson-controller-manager";
+pub const LEASE_NAMESPACE: &str = "kube-system";
+
+/// How the controller manager runs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Who this member is in the election and in events.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl ControllerConfig {
+    /// Timings that let another member take over within about four seconds
+    /// of the leader's death (Kubernetes' 15 s / 10 s / 2 s take ~15 s).
+    /// `member`: this member's name; a random suffix keeps a restarted
+    /// member from mistaking its predecessor's lease for its own.
+    pub fn new(member: &str) -> Self {
+        Self {
+            identity: format!("{member}_{}", uuid::Uuid::new_v4()),
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(500),
+        }
+    }
+
+    pub fn leader(&self) -> LeaderConfig {
+        LeaderConfig {
+            namespace: LEASE_NAMESPACE.into(),
+            name: LEASE_NAME.into(),
+            identity: self.identity.clone(),
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        }
+    }
+}
+
+/// Takes part in the election until `shutdown`, running the controllers
+/// and the scheduler while leading.
+pub async fn run(client: Client, config: ControllerConfig, shutdown: CancellationToken) {
+    let leader = config.leader();
+    leader::run(client.clone(), leader, shutdown, move |leading| {
+        run_controllers(client.clone(), config.clone(), leading)
+    })
+    .await;
+}
+
+/// Every controller and the scheduler, until `shutdown`.
+pub fn run_controllers(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut tasks = JoinSet::new();
+        let mut recorder = |component: &'static str| {
+            let (recorder, writer) =
+                Recorder::new(client.clone(), component, config.identity.clone(), shutdown.clone());
+            tasks.spawn(writer);
+            recorder
+        };
+        let pods = Informer::<Pod>::default();
+        let nodes = Informer::<Node>::default();
+        let replicasets = Informer::<ReplicaSet>::default();
+        let deployments = Informer::<Deployment>::default();
+
+        let scheduler = Scheduler::new(
+            client.clone(),
+            &pods,
+            &nodes,
+            recorder("default-scheduler"),
+            shutdown.clone(),
+        );
+        let replicaset = replicaset::ReplicaSetController::new(
+            client.clone(),
+            &replicasets,
+            &pods,
+            recorder("replicaset-controller"),
+            shutdown.clone(),
+        );
+        let deployment = deployment::DeploymentController::new(
+            client.clone(),
+            &deployments,
+            &replicasets,
+            &pods,
+            recorder("deployment-controller"),
+            shutdown.clone(),
+        );
+
+        tasks.spawn(pods.run(client.clone(), shutdown.clone()));
+        tasks.spawn(nodes.run(client.clone(), shutdown.clone()));
+        tasks.spawn(replicasets.run(client.clone(), shutdown.clone()));
+        tasks.spawn(deployments.run(client.clone(), shutdown.clone()));
+        tasks.spawn(scheduler.run(shutdown.clone()));
+        tasks.spawn(replicaset.run(5, shutdown.clone()));
+        tasks.spawn(deployment.run(5, shutdown.clone()));
+        while let Some(outcome) = tasks.join_next().await {
+            if let Err(error) = outcome {
+                tracing::error!(%error, "a controller task failed");
+            }
+        }
+    }
+}
