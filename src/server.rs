@@ -117,10 +117,64 @@ pub(crate) struct ServerArgs {
     /// How often candidates try to take the lease and the leader renews it.
     #[arg(long, env = "KEELSON_LEADER_ELECT_RETRY_PERIOD", default_value = "500ms", value_parser = parse_duration)]
     leader_elect_retry_period: Duration,
+    /// How long a node may go without renewing its Lease before it is
+    /// marked Unknown and tainted unreachable.
+    #[arg(long, env = "KEELSON_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// The range nodes' pod CIDRs are taken from (`none`: allocate none).
+    #[arg(long, env = "KEELSON_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, env = "KEELSON_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Finished pods kept before the oldest are deleted.
+    #[arg(
+        long,
+        env = "KEELSON_TERMINATED_POD_GC_THRESHOLD",
+        default_value_t = 12_500
+    )]
+    terminated_pod_gc_threshold: usize,
+    /// Seconds a pod tolerates its node being not ready, unless it says.
+    #[arg(
+        long,
+        env = "KEELSON_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_not_ready_toleration_seconds: i64,
+    /// Seconds a pod tolerates its node being unreachable, unless it says.
+    #[arg(
+        long,
+        env = "KEELSON_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_unreachable_toleration_seconds: i64,
 }
 
 impl ServerArgs {
-    fn controllers(&self) -> anyhow::Result<Option<keelson_control::controllers::ControllerConfig>> {
+    /// The API server's configuration, storing objects in `store_endpoints`.
+    fn api_config(
+        &self,
+        data_dir: PathBuf,
+        store_endpoints: Vec<String>,
+    ) -> anyhow::Result<keelson_control::server::ApiConfig> {
+        Ok(keelson_control::server::ApiConfig {
+            data_dir,
+            store_endpoints,
+            extra_hosts: host_name().into_iter().collect(),
+            cluster_name: "keelson".into(),
+            service_range: self.service_cluster_ip_range,
+            cluster_token: self.initial_cluster_token.clone(),
+            controllers: self.controllers()?,
+            default_tolerations: keelson_control::defaults::DefaultTolerations {
+                not_ready_seconds: self.default_not_ready_toleration_seconds.max(0),
+                unreachable_seconds: self.default_unreachable_toleration_seconds.max(0),
+            },
+        })
+    }
+
+    fn controllers(
+        &self,
+    ) -> anyhow::Result<Option<keelson_control::controllers::ControllerConfig>> {
         if !self.leader_elect {
             return Ok(None);
         }
@@ -129,6 +183,28 @@ impl ServerArgs {
         config.renew_deadline = self.leader_elect_renew_deadline;
         config.retry_period = self.leader_elect_retry_period;
         config.leader().validate().context("--leader-elect-*")?;
+        config.node.grace_period = self.node_monitor_grace_period;
+        config.node.cluster_cidr = match self.cluster_cidr.as_str() {
+            "none" => None,
+            text => Some(
+                keelson_control::controllers::node::Cidr::parse(text).with_context(|| {
+                    format!(
+                        "--cluster-cidr {text}: expected an IPv4 CIDR like 10.42.0.0/16, or none"
+                    )
+                })?,
+            ),
+        };
+        if let Some(cidr) = config.node.cluster_cidr
+            && (self.node_cidr_mask_size < cidr.prefix || self.node_cidr_mask_size > 30)
+        {
+            bail!(
+                "--node-cidr-mask-size {}: must be between the cluster CIDR's prefix ({}) and 30",
+                self.node_cidr_mask_size,
+                cidr.prefix
+            );
+        }
+        config.node.node_cidr_mask = self.node_cidr_mask_size;
+        config.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
         Ok(Some(config))
     }
 }
@@ -158,25 +234,12 @@ fn host_name() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
-/// Serves the Kubernetes API on `listener` against `store_endpoints`.
+/// Serves the Kubernetes API on `listener` as `config` says.
 async fn run_api(
     listener: TcpListener,
-    data_dir: PathBuf,
-    store_endpoints: Vec<String>,
-    service_range: keelson_control::allocate::ServiceRange,
-    cluster_token: String,
-    controllers: Option<keelson_control::controllers::ControllerConfig>,
+    config: keelson_control::server::ApiConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = keelson_control::server::ApiConfig {
-        controllers,
-        data_dir,
-        store_endpoints,
-        extra_hosts: host_name().into_iter().collect(),
-        cluster_name: "keelson".into(),
-        service_range,
-        cluster_token,
-    };
     keelson_control::server::run(config, listener, shutdown)
         .await
         .context("the Kubernetes API server failed")
@@ -294,9 +357,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
     let api = bind_api(&args.listen_api_url).await?;
-    let controllers = args.controllers()?;
-    let service_range = args.service_cluster_ip_range;
-    let token = args.initial_cluster_token.clone();
+    // Against the given etcd, or (filled in below) this member's client port.
+    let mut api_config = args.api_config(data_dir.clone(), args.etcd_servers.clone())?;
     if !args.etcd_servers.is_empty() {
         let Some(api) = api else {
             bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
@@ -304,16 +366,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         install_metrics()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        return run_api(
-            api,
-            data_dir,
-            args.etcd_servers,
-            service_range,
-            args.initial_cluster_token,
-            controllers,
-            shutdown,
-        )
-        .await;
+        return run_api(api, api_config, shutdown).await;
     }
     let mut clients = bind(&args.listen_client_urls).await?;
     if clients.len() != 1 {
@@ -398,17 +451,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     // The API server reaches its store through this member's client port.
     let local = keelson_control::server::reachable(bound);
+    api_config.store_endpoints = vec![format!("http://{local}")];
     let api = async {
-        let outcome = run_api(
-            api,
-            data_dir,
-            vec![format!("http://{local}")],
-            service_range,
-            token,
-            controllers,
-            shutdown.clone(),
-        )
-        .await;
+        let outcome = run_api(api, api_config, shutdown.clone()).await;
         if outcome.is_err() {
             shutdown.cancel();
         }

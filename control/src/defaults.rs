@@ -106,7 +106,25 @@ pub fn pod_spec(spec: &mut Value) {
 
 /// What admission adds to a new pod: its service account, its priority,
 /// and five minutes' tolerance of a node that is not ready or unreachable.
-pub fn admit_pod(pod: &mut Value) {
+/// How long pods tolerate their node being not ready or unreachable
+/// before they are evicted, unless they say otherwise (Kubernetes'
+/// DefaultTolerationSeconds admission, 300 s each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultTolerations {
+    pub not_ready_seconds: i64,
+    pub unreachable_seconds: i64,
+}
+
+impl Default for DefaultTolerations {
+    fn default() -> Self {
+        Self {
+            not_ready_seconds: 300,
+            unreachable_seconds: 300,
+        }
+    }
+}
+
+pub fn admit_pod(pod: &mut Value, tolerations_for: DefaultTolerations) {
     let spec = &mut pod["spec"];
     if !spec.is_object() {
         return;
@@ -119,12 +137,18 @@ pub fn admit_pod(pod: &mut Value) {
         spec["tolerations"] = json!([]);
     }
     if let Value::Array(tolerations) = &mut spec["tolerations"] {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
+        for (key, seconds) in [
+            (
+                "node.kubernetes.io/not-ready",
+                tolerations_for.not_ready_seconds,
+            ),
+            (
+                "node.kubernetes.io/unreachable",
+                tolerations_for.unreachable_seconds,
+            ),
         ] {
             if !tolerations.iter().any(|t| t["key"] == key) {
-                tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
             }
         }
     }
@@ -285,10 +309,10 @@ mod tests {
     #[test]
     fn admission_adds_the_service_account_and_tolerations() {
         let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "busybox:1.36"}]}});
-        admit_pod(&mut pod);
+        admit_pod(&mut pod, DefaultTolerations::default());
         assert_eq!(pod["spec"]["serviceAccountName"], "default");
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
-        admit_pod(&mut pod);
+        admit_pod(&mut pod, DefaultTolerations::default());
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
     }
 }

@@ -55,6 +55,8 @@ pub struct ApiConfig {
     /// Take part in the election for running the controllers and the
     /// scheduler (`None`: serve the API only).
     pub controllers: Option<crate::controllers::ControllerConfig>,
+    /// What pods tolerate of their node's failures unless they say.
+    pub default_tolerations: crate::defaults::DefaultTolerations,
 }
 
 /// Why the API server could not start.
@@ -250,6 +252,7 @@ pub async fn run(
         bootstrap,
         config.service_range,
         address.to_string(),
+        config.default_tolerations,
         shutdown.clone(),
     );
     patiently(&shutdown, "system namespaces", || async {
@@ -262,7 +265,11 @@ pub async fn run(
     tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
     let controllers = config.controllers.clone().map(|controllers| {
         let client = crate::client::Client::in_process(api.clone());
-        tokio::spawn(crate::controllers::run(client, controllers, shutdown.clone()))
+        tokio::spawn(crate::controllers::run(
+            client,
+            controllers,
+            shutdown.clone(),
+        ))
     });
     let acceptor = TlsAcceptor::from(tls_config(&ca, &serving)?);
     tracing::info!(address = %address, kubeconfig = %config.data_dir.join("admin.kubeconfig").display(), "serving Kubernetes API");

@@ -377,16 +377,21 @@ impl Cluster {
     /// Starts [`FOUNDERS`] members that found a new cluster, and waits until
     /// each serves clients.
     pub(crate) fn start() -> Cluster {
-        Self::start_with(false)
+        Self::start_with(false, &[])
     }
 
     /// Starts [`FOUNDERS`] members that also serve the Kubernetes API, and
     /// waits until each serves it.
     pub(crate) fn start_control_plane() -> Cluster {
-        Self::start_with(true)
+        Self::start_with(true, &[])
     }
 
-    fn start_with(api: bool) -> Cluster {
+    /// Like [`Cluster::start_control_plane`], with more `keelson server` flags.
+    pub(crate) fn start_control_plane_with(flags: &[&str]) -> Cluster {
+        Self::start_with(true, flags)
+    }
+
+    fn start_with(api: bool, flags: &[&str]) -> Cluster {
         let ports = free_ports::<{ 3 * FOUNDERS }>();
         let members: Vec<Member> = ports
             .chunks_exact(3)
@@ -396,7 +401,9 @@ impl Cluster {
         let mut cluster = Cluster { members };
         let initial_cluster = cluster.initial_cluster();
         for member in &mut cluster.members {
-            member.command = Some(member.server_command(&initial_cluster, "new"));
+            let mut command = member.server_command(&initial_cluster, "new");
+            command.args(flags);
+            member.command = Some(command);
         }
         // All at once: a founder may wait for the others before it serves.
         let lines: Vec<Receiver<String>> = cluster.members.iter_mut().map(Member::launch).collect();

@@ -66,6 +66,8 @@ pub struct Api {
     address: String,
     /// Ends open watches when the server stops.
     shutdown: CancellationToken,
+    /// What pods tolerate of their node's failures unless they say.
+    tolerations: defaults::DefaultTolerations,
 }
 
 /// Where a request points.
@@ -177,6 +179,7 @@ impl Api {
         bootstrap: Bootstrap,
         services: ServiceRange,
         address: String,
+        tolerations: defaults::DefaultTolerations,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -186,6 +189,7 @@ impl Api {
             services,
             address,
             shutdown,
+            tolerations,
         })
     }
 
@@ -598,7 +602,7 @@ impl Api {
         defaults_on_create(resource, &mut object);
         defaults::apply(resource, &mut object);
         match resource.plural {
-            "pods" => defaults::admit_pod(&mut object),
+            "pods" => defaults::admit_pod(&mut object, self.tolerations),
             "jobs" => job_selector(&mut object),
             _ => {}
         }
@@ -872,10 +876,28 @@ impl Api {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if options["propagationPolicy"] == "Foreground"
-            && !finalizers.contains(&json!("foregroundDeletion"))
+        // The garbage collector finishes what these finalizers start:
+        // dependents deleted first, or set free.
+        let policy = match (&options["propagationPolicy"], &options["orphanDependents"]) {
+            (Value::String(policy), _) => Some(policy.as_str()),
+            (_, Value::Bool(true)) => Some("Orphan"),
+            _ => None,
+        };
+        let finalizer = match policy {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            Some("Background") | None => None,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unsupported propagationPolicy {other:?}: use Foreground, Background or Orphan"
+                )));
+            }
+        };
+        if let Some(finalizer) = finalizer
+            && !finalizers.contains(&json!(finalizer))
+            && object["metadata"]["deletionTimestamp"].is_null()
         {
-            finalizers.push(json!("foregroundDeletion"));
+            finalizers.push(json!(finalizer));
         }
         let graceful = resource.plural == "pods"
             && object["spec"]["nodeName"]

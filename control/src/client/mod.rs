@@ -319,8 +319,12 @@ impl Client {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<K> {
-        let path = object_path::<K>(namespace, name);
-        self.json(Method::GET, &path, "", Vec::new()).await
+        self.get_at(&object_path::<K>(namespace, name)).await
+    }
+
+    /// The object at `path`.
+    pub async fn get_at<K: DeserializeOwned>(&self, path: &str) -> Result<K> {
+        self.json(Method::GET, path, "", Vec::new()).await
     }
 
     /// One page of `K`s (every object when `params.limit` is unset).
@@ -329,7 +333,16 @@ impl Client {
         namespace: Option<&str>,
         params: &ListParams,
     ) -> Result<List<K>> {
-        let path = with_query(&collection_path::<K>(namespace), &params.query());
+        self.list_at(&collection_path::<K>(namespace), params).await
+    }
+
+    /// One page of the collection at `path`.
+    pub async fn list_at<K: DeserializeOwned>(
+        &self,
+        collection: &str,
+        params: &ListParams,
+    ) -> Result<List<K>> {
+        let path = with_query(collection, &params.query());
         let list: Value = self.json(Method::GET, &path, "", Vec::new()).await?;
         let decode = |source| ClientError::Decode {
             path: path.clone(),
@@ -364,12 +377,29 @@ impl Client {
         resource_version: &str,
         timeout_seconds: u32,
     ) -> Result<impl Stream<Item = WatchEvent<K>> + Send + use<K>> {
+        self.watch_at(
+            &collection_path::<K>(namespace),
+            params,
+            resource_version,
+            timeout_seconds,
+        )
+        .await
+    }
+
+    /// Changes to the collection at `path`.
+    pub async fn watch_at<K: DeserializeOwned + Send + 'static>(
+        &self,
+        collection: &str,
+        params: &ListParams,
+        resource_version: &str,
+        timeout_seconds: u32,
+    ) -> Result<impl Stream<Item = WatchEvent<K>> + Send + use<K>> {
         let mut query = params.query();
         query.push(("watch", "true".into()));
         query.push(("allowWatchBookmarks", "true".into()));
         query.push(("resourceVersion", resource_version.to_owned()));
         query.push(("timeoutSeconds", timeout_seconds.to_string()));
-        let path = with_query(&collection_path::<K>(namespace), &query);
+        let path = with_query(collection, &query);
         let request = Request::get(&path)
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
@@ -456,6 +486,26 @@ impl Client {
         let body = Self::encode(&path, patch)?;
         self.json(Method::PATCH, &path, kind.content_type(), body)
             .await
+    }
+
+    /// Patches the object at `path`.
+    pub async fn patch_at<K: DeserializeOwned>(
+        &self,
+        path: &str,
+        kind: Patch,
+        patch: &Value,
+    ) -> Result<K> {
+        let body = Self::encode(path, patch)?;
+        self.json(Method::PATCH, path, kind.content_type(), body)
+            .await
+    }
+
+    /// Deletes the object at `path`.
+    pub async fn delete_at(&self, path: &str, options: &DeleteOptions) -> Result<()> {
+        let body = Self::encode(path, &options.to_json())?;
+        self.request(Method::DELETE, path, "application/json", body)
+            .await
+            .map(drop)
     }
 
     /// Deletes the object. `preconditions`: the uid and resource version it

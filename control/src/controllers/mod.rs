@@ -13,10 +13,10 @@
 //! API with compare-and-set, so a leader that has just been deposed can
 //! at worst lose a race, never corrupt what the new one does.
 
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,9 @@ use crate::scheduler::Scheduler;
 
 pub mod deployment;
 pub mod expectations;
+pub mod gc;
+pub mod node;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 
@@ -44,6 +47,9 @@ pub struct ControllerConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    pub node: node::NodeConfig,
+    /// Finished pods kept before the oldest are deleted.
+    pub terminated_pod_gc_threshold: usize,
 }
 
 impl ControllerConfig {
@@ -57,6 +63,8 @@ impl ControllerConfig {
             lease_duration: Duration::from_secs(3),
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_millis(500),
+            node: node::NodeConfig::default(),
+            terminated_pod_gc_threshold: 12_500,
         }
     }
 
@@ -83,16 +91,20 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: Cancellatio
 }
 
 /// Every controller and the scheduler, until `shutdown`.
-pub fn run_controllers(
+pub async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     shutdown: CancellationToken,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
+) {
+    {
         let mut tasks = JoinSet::new();
         let mut recorder = |component: &'static str| {
-            let (recorder, writer) =
-                Recorder::new(client.clone(), component, config.identity.clone(), shutdown.clone());
+            let (recorder, writer) = Recorder::new(
+                client.clone(),
+                component,
+                config.identity.clone(),
+                shutdown.clone(),
+            );
             tasks.spawn(writer);
             recorder
         };
@@ -100,6 +112,7 @@ pub fn run_controllers(
         let nodes = Informer::<Node>::default();
         let replicasets = Informer::<ReplicaSet>::default();
         let deployments = Informer::<Deployment>::default();
+        let leases = Informer::<Lease>::default();
 
         let scheduler = Scheduler::new(
             client.clone(),
@@ -124,13 +137,33 @@ pub fn run_controllers(
             shutdown.clone(),
         );
 
+        let gc = gc::GarbageCollector::new(client.clone(), shutdown.clone());
+        let lifecycle = node::NodeLifecycle::new(
+            client.clone(),
+            config.node.clone(),
+            &nodes,
+            &pods,
+            &leases,
+            recorder("node-controller"),
+        );
+        let podgc = podgc::PodGc::new(
+            client.clone(),
+            &pods,
+            &nodes,
+            config.terminated_pod_gc_threshold,
+        );
+
         tasks.spawn(pods.run(client.clone(), shutdown.clone()));
         tasks.spawn(nodes.run(client.clone(), shutdown.clone()));
         tasks.spawn(replicasets.run(client.clone(), shutdown.clone()));
         tasks.spawn(deployments.run(client.clone(), shutdown.clone()));
+        tasks.spawn(leases.run(client.clone(), shutdown.clone()));
         tasks.spawn(scheduler.run(shutdown.clone()));
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));
+        tasks.spawn(gc.run(5, shutdown.clone()));
+        tasks.spawn(lifecycle.run(shutdown.clone()));
+        tasks.spawn(podgc.run(shutdown.clone()));
         while let Some(outcome) = tasks.join_next().await {
             if let Err(error) = outcome {
                 tracing::error!(%error, "a controller task failed");

@@ -10,8 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 /// Not finished and not being deleted: counts towards replicas.
 pub fn is_active(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && !matches!(phase(pod), Some("Succeeded" | "Failed"))
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase(pod), Some("Succeeded" | "Failed"))
 }
 
 pub fn phase(pod: &Pod) -> Option<&str> {
@@ -169,8 +168,20 @@ mod tests {
             pod("pending", Some("n4"), "Pending", false, 100),
         ];
         deletion_order(&mut pods, Utc::now());
-        let names: Vec<&str> = pods.iter().map(|p| p.metadata.name.as_deref().unwrap()).collect();
-        assert_eq!(names, ["unscheduled", "pending", "not-ready", "new-ready", "old-ready"]);
+        let names: Vec<&str> = pods
+            .iter()
+            .map(|p| p.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "unscheduled",
+                "pending",
+                "not-ready",
+                "new-ready",
+                "old-ready"
+            ]
+        );
     }
 
     #[test]

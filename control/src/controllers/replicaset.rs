@@ -27,8 +27,7 @@ use super::pods::{self, deletion_order, from_template, is_active};
 use crate::client::{Client, ClientError, DeleteOptions, Patch};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::{
-    Action, Event, Informer, Queue, controller_of, controller_reference, key_of, selects,
-    split_key,
+    Action, Event, Informer, Queue, controller_of, controller_reference, key_of, selects, split_key,
 };
 
 /// At most this many pods are created or deleted per reconcile.
@@ -130,7 +129,9 @@ impl ReplicaSetController {
                 }
             }
             Event::Updated { old, new } => {
-                if new.metadata.deletion_timestamp.is_some() && old.metadata.deletion_timestamp.is_none() {
+                if new.metadata.deletion_timestamp.is_some()
+                    && old.metadata.deletion_timestamp.is_none()
+                {
                     return self.pod_deleted(new);
                 }
                 let old_owner = self.owner_of(old);
@@ -145,14 +146,22 @@ impl ReplicaSetController {
                         let key = key_of(&set.metadata);
                         // A pod that just became ready becomes available
                         // minReadySeconds later: look again then.
-                        let min_ready = set.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+                        let min_ready = set
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.min_ready_seconds)
+                            .unwrap_or(0);
                         if min_ready > 0 && !pods::is_ready(old) && pods::is_ready(new) {
-                            self.queue.add_after(key.clone(), Duration::from_secs(min_ready as u64) + Duration::from_millis(100));
+                            self.queue.add_after(
+                                key.clone(),
+                                Duration::from_secs(min_ready as u64) + Duration::from_millis(100),
+                            );
                         }
                         self.queue.add(key);
                     }
                     None if controller_of(&new.metadata).is_none()
-                        && (old.metadata.labels != new.metadata.labels || controller_of(&old.metadata).is_some()) =>
+                        && (old.metadata.labels != new.metadata.labels
+                            || controller_of(&old.metadata).is_some()) =>
                     {
                         self.enqueue_matching(new);
                     }
@@ -166,7 +175,8 @@ impl ReplicaSetController {
     fn pod_deleted(&self, pod: &Pod) {
         if let Some(set) = self.owner_of(pod) {
             let key = key_of(&set.metadata);
-            self.expectations.deletion_observed(&key, &key_of(&pod.metadata));
+            self.expectations
+                .deletion_observed(&key, &key_of(&pod.metadata));
             self.queue.add(key);
         }
     }
@@ -242,7 +252,11 @@ impl ReplicaSetController {
     ) -> Result<Vec<Arc<Pod>>, ReplicaSetError> {
         let key = key_of(&set.metadata);
         let uid = set.metadata.uid.clone().unwrap_or_default();
-        let selector = set.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        let selector = set
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
         let deleting = set.metadata.deletion_timestamp.is_some();
         let mut owned = Vec::new();
         for pod in candidates {
@@ -351,7 +365,10 @@ impl ReplicaSetController {
                     for _ in 0..remaining {
                         self.expectations.creation_observed(key);
                     }
-                    return Err((Self::failed(key, "create pods")(error), "FailedCreate".into()));
+                    return Err((
+                        Self::failed(key, "create pods")(error),
+                        "FailedCreate".into(),
+                    ));
                 }
                 batch *= 2;
             }
@@ -371,7 +388,12 @@ impl ReplicaSetController {
                         uid,
                         ..DeleteOptions::default()
                     };
-                    (name.clone(), client.delete::<Pod>(Some(&namespace), &name, &options).await)
+                    (
+                        name.clone(),
+                        client
+                            .delete::<Pod>(Some(&namespace), &name, &options)
+                            .await,
+                    )
                 }
             });
             let mut failed = None;
@@ -398,7 +420,10 @@ impl ReplicaSetController {
                 }
             }
             if let Some(error) = failed {
-                return Err((Self::failed(key, "delete pods")(error), "FailedDelete".into()));
+                return Err((
+                    Self::failed(key, "delete pods")(error),
+                    "FailedDelete".into(),
+                ));
             }
         }
         Ok(())
@@ -419,7 +444,9 @@ fn status_of(set: &ReplicaSet, owned: &[Arc<Pod>], failure: Option<&str>) -> Rep
     let count = |f: &dyn Fn(&Pod) -> bool| owned.iter().filter(|p| f(p)).count() as i32;
     let fully_labeled = count(&|p| {
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
     });
     let mut conditions: Vec<ReplicaSetCondition> = set
         .status

@@ -34,6 +34,17 @@ pub enum Event<'a, K> {
 
 type Handler<K> = Box<dyn Fn(&Event<'_, K>) + Send + Sync>;
 
+/// What an informer can cache: anything with object metadata.
+pub trait Object: DeserializeOwned + Send + Sync + 'static {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+impl<K: Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static> Object for K {
+    fn meta(&self) -> &ObjectMeta {
+        self.metadata()
+    }
+}
+
 /// `namespace/name`, or `name` for cluster-scoped objects: how caches and
 /// queues name objects.
 pub fn key_of(meta: &ObjectMeta) -> String {
@@ -54,6 +65,8 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
 
 struct Inner<K> {
     kind: &'static str,
+    /// The collection across all namespaces.
+    path: String,
     cache: RwLock<HashMap<String, Arc<K>>>,
     handlers: Mutex<Vec<Handler<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
@@ -81,24 +94,30 @@ impl<K> std::fmt::Debug for Informer<K> {
     }
 }
 
-impl<K> Default for Informer<K>
-where
-    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
-{
+impl<K: Resource + Object> Default for Informer<K> {
     fn default() -> Self {
         Self::new(None)
     }
 }
 
-impl<K> Informer<K>
-where
-    K: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Send + Sync + 'static,
-{
+impl<K: Resource + Object> Informer<K> {
     /// A cache of every `K` (those `field_selector` selects, if given).
     pub fn new(field_selector: Option<String>) -> Self {
+        Self::at(
+            crate::client::collection_path::<K>(None),
+            K::KIND,
+            field_selector,
+        )
+    }
+}
+
+impl<K: Object> Informer<K> {
+    /// A cache of the collection at `path` (all namespaces), of `kind`.
+    pub fn at(path: String, kind: &'static str, field_selector: Option<String>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                kind: K::KIND,
+                kind,
+                path,
                 cache: RwLock::new(HashMap::new()),
                 handlers: Mutex::new(Vec::new()),
                 synced: tokio::sync::watch::channel(false).0,
@@ -149,7 +168,7 @@ where
     pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
         self.read()
             .values()
-            .filter(|o| o.metadata().namespace.as_deref() == Some(namespace))
+            .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
             .cloned()
             .collect()
     }
@@ -183,12 +202,12 @@ where
     }
 
     fn upsert(&self, object: K) {
-        let key = key_of(object.metadata());
+        let key = key_of(object.meta());
         let new = Arc::new(object);
         let old = self.write().insert(key, new.clone());
         match old {
             Some(old) => {
-                if old.metadata().resource_version != new.metadata().resource_version {
+                if old.meta().resource_version != new.meta().resource_version {
                     self.notify(&Event::Updated {
                         old: &old,
                         new: &new,
@@ -200,7 +219,7 @@ where
     }
 
     fn remove(&self, object: K) {
-        let key = key_of(object.metadata());
+        let key = key_of(object.meta());
         let removed = self.write().remove(&key);
         if removed.is_some() {
             self.notify(&Event::Deleted(&Arc::new(object)));
@@ -209,10 +228,8 @@ where
 
     /// Replaces the cache with a fresh list, reporting what changed.
     fn replace(&self, items: Vec<K>) {
-        let mut listed: HashMap<String, K> = items
-            .into_iter()
-            .map(|o| (key_of(o.metadata()), o))
-            .collect();
+        let mut listed: HashMap<String, K> =
+            items.into_iter().map(|o| (key_of(o.meta()), o)).collect();
         let gone: Vec<Arc<K>> = {
             let cache = self.read();
             cache
@@ -222,7 +239,7 @@ where
                 .collect()
         };
         for object in gone {
-            let key = key_of(object.metadata());
+            let key = key_of(object.meta());
             self.write().remove(&key);
             self.notify(&Event::Deleted(&object));
         }
@@ -239,7 +256,7 @@ where
         };
         let mut items = Vec::new();
         loop {
-            let page = client.list::<K>(None, &params).await?;
+            let page = client.list_at::<K>(&self.inner.path, &params).await?;
             items.extend(page.items);
             match page.continue_token {
                 Some(token) => params.continue_token = Some(token),
@@ -284,7 +301,7 @@ where
                 // informers of one process from reconnecting all at once.
                 let timeout = 240 + (rand_u32() % 120);
                 let watch = tokio::select! {
-                    watch = client.watch::<K>(None, &params, &version, timeout) => watch,
+                    watch = client.watch_at::<K>(&self.inner.path, &params, &version, timeout) => watch,
                     () = shutdown.cancelled() => return,
                 };
                 let mut events = match watch {
@@ -305,7 +322,7 @@ where
                         () = shutdown.cancelled() => return,
                     };
                     let Some(event) = event else { break };
-                    let revision = |o: &K| o.metadata().resource_version.clone();
+                    let revision = |o: &K| o.meta().resource_version.clone();
                     match event {
                         WatchEvent::Added(object) | WatchEvent::Modified(object) => {
                             if let Some(rv) = revision(&object) {

@@ -84,9 +84,7 @@ fn requests_of(
 ) -> Amounts {
     let requests = resources.and_then(|r| r.requests.as_ref());
     let get = |name: &str, parse: fn(&str) -> Option<i64>| {
-        requests
-            .and_then(|r| r.get(name))
-            .and_then(|q| parse(&q.0))
+        requests.and_then(|r| r.get(name)).and_then(|q| parse(&q.0))
     };
     let cpu = get("cpu", quantity::milli);
     let memory = get("memory", quantity::value);
@@ -280,8 +278,10 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     }
     match toleration.operator.as_deref().unwrap_or("Equal") {
         "Exists" => true,
-        "Equal" => toleration.value.as_deref().unwrap_or_default()
-            == taint.value.as_deref().unwrap_or_default(),
+        "Equal" => {
+            toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default()
+        }
         _ => false,
     }
 }
@@ -306,7 +306,9 @@ pub fn taints_of(node: &Node) -> Vec<Taint> {
         _ => Some("node.kubernetes.io/not-ready"),
     };
     if let Some(key) = key
-        && !taints.iter().any(|t| t.key == key && t.effect == "NoSchedule")
+        && !taints
+            .iter()
+            .any(|t| t.key == key && t.effect == "NoSchedule")
     {
         taints.push(Taint {
             key: key.to_owned(),
@@ -317,10 +319,7 @@ pub fn taints_of(node: &Node) -> Vec<Taint> {
     taints
 }
 
-fn requirement_matches(
-    requirement: &NodeSelectorRequirement,
-    value: Option<&str>,
-) -> bool {
+fn requirement_matches(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
     let values = requirement.values.as_deref().unwrap_or_default();
     let number = |s: &str| s.parse::<i64>().ok();
     match requirement.operator.as_str() {
@@ -352,14 +351,15 @@ fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
     if expressions.is_empty() && fields.is_empty() {
         return false;
     }
-    expressions.iter().all(|r| {
-        requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str))
-    }) && fields.iter().all(|r| {
-        let value = (r.key == "metadata.name")
-            .then(|| node.metadata.name.as_deref())
-            .flatten();
-        requirement_matches(r, value)
-    })
+    expressions
+        .iter()
+        .all(|r| requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str)))
+        && fields.iter().all(|r| {
+            let value = (r.key == "metadata.name")
+                .then_some(node.metadata.name.as_deref())
+                .flatten();
+            requirement_matches(r, value)
+        })
 }
 
 /// `nodeSelector` and required node affinity.
@@ -374,7 +374,10 @@ fn affinity_matches(spec: &PodSpec, node: &Node) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     selector_ok
         && required.is_none_or(|r| r.node_selector_terms.iter().any(|t| term_matches(t, node)))
 }
@@ -493,7 +496,12 @@ mod tests {
         NodeInfo::new(Arc::new(Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec::default()),
@@ -515,7 +523,8 @@ mod tests {
     }
 
     fn pod(cpu: &str, spec: serde_json::Value) -> Pod {
-        let mut pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap();
+        let mut pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": spec})).unwrap();
         let spec = pod.spec.get_or_insert_with(PodSpec::default);
         spec.containers.push(Container {
             name: "c".into(),
@@ -532,7 +541,10 @@ mod tests {
     fn filters_say_why_a_node_does_not_fit() {
         let small = node("a", "500m", "1Gi", &[("disk", "hdd")]);
         let big = node("b", "4", "8Gi", &[("disk", "ssd")]);
-        let p = pod("1", json!({"containers": [], "nodeSelector": {"disk": "ssd"}}));
+        let p = pod(
+            "1",
+            json!({"containers": [], "nodeSelector": {"disk": "ssd"}}),
+        );
         let info = PodInfo::of(&p);
         assert_eq!(filter(&p, &info, &big), vec![]);
         assert_eq!(filter(&p, &info, &small), vec![Unfit::Affinity]);
@@ -545,15 +557,26 @@ mod tests {
         let mut tainted = big.clone();
         let mut n = (*tainted.node).clone();
         n.spec = Some(NodeSpec {
-            taints: Some(vec![Taint { key: "dedicated".into(), value: Some("db".into()), effect: "NoSchedule".into(), ..Taint::default() }]),
+            taints: Some(vec![Taint {
+                key: "dedicated".into(),
+                value: Some("db".into()),
+                effect: "NoSchedule".into(),
+                ..Taint::default()
+            }]),
             ..NodeSpec::default()
         });
         tainted = tainted.renew(Arc::new(n));
         assert_eq!(
             filter(&anywhere, &info, &tainted),
-            vec![Unfit::Taint { key: "dedicated".into(), value: "db".into() }]
+            vec![Unfit::Taint {
+                key: "dedicated".into(),
+                value: "db".into()
+            }]
         );
-        let tolerant = pod("1", json!({"containers": [], "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}));
+        let tolerant = pod(
+            "1",
+            json!({"containers": [], "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
+        );
         assert_eq!(filter(&tolerant, &PodInfo::of(&tolerant), &tainted), vec![]);
     }
 
@@ -568,7 +591,10 @@ mod tests {
         let p = pod("100m", json!({"containers": []}));
         assert_eq!(
             filter(&p, &PodInfo::of(&p), &info),
-            vec![Unfit::Taint { key: "node.kubernetes.io/unreachable".into(), value: String::new() }]
+            vec![Unfit::Taint {
+                key: "node.kubernetes.io/unreachable".into(),
+                value: String::new()
+            }]
         );
     }
 
@@ -598,11 +624,13 @@ mod tests {
         let mut busy = node("a", "4", "8Gi", &[]);
         let idle = node("b", "4", "8Gi", &[]);
         let mut p = pod("1", json!({"containers": []}));
-        p.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-            uid: "rs".into(),
-            controller: Some(true),
-            ..Default::default()
-        }]);
+        p.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                uid: "rs".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
         let info = PodInfo::of(&p);
         busy.add(&info);
         assert!(score(&info, &idle, 1) > score(&info, &busy, 1));
@@ -619,6 +647,9 @@ mod tests {
             failure_message(3, &reasons),
             "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector."
         );
-        assert_eq!(failure_message(0, &BTreeMap::new()), "no nodes available to schedule pods");
+        assert_eq!(
+            failure_message(0, &BTreeMap::new()),
+            "no nodes available to schedule pods"
+        );
     }
 }

@@ -194,7 +194,8 @@ impl Scheduler {
                             self.retry_unschedulable();
                         }
                     } else {
-                        self.cache().place(key.clone(), node, PodInfo::of(pod), false);
+                        self.cache()
+                            .place(key.clone(), node, PodInfo::of(pod), false);
                     }
                     self.waiting().remove(&key);
                 } else if pending(pod) {
@@ -361,7 +362,11 @@ impl Scheduler {
                 Err(error) => {
                     tracing::debug!(pod = %key, %node, %error, "binding failed");
                     let mut cache = this.cache();
-                    if cache.placed.get(&key).is_some_and(|(_, _, assumed)| *assumed) {
+                    if cache
+                        .placed
+                        .get(&key)
+                        .is_some_and(|(_, _, assumed)| *assumed)
+                    {
                         cache.unplace(&key);
                     }
                     drop(cache);
@@ -381,9 +386,7 @@ impl Scheduler {
             .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
         self.recorder
             .record(pod, EventType::Warning, "FailedScheduling", message);
-        if current.is_some_and(|c| {
-            c.status == "False" && c.message.as_deref() == Some(message)
-        }) {
+        if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
             return Ok(());
         }
         let key = key_of(&pod.metadata);

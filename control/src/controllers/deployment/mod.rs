@@ -51,7 +51,9 @@ pub enum DeploymentError {
         #[source]
         source: ClientError,
     },
-    #[error("Deployment {deployment}: hash collision with ReplicaSet {rs}; retrying with a new hash")]
+    #[error(
+        "Deployment {deployment}: hash collision with ReplicaSet {rs}; retrying with a new hash"
+    )]
     Collision { deployment: String, rs: String },
 }
 
@@ -82,7 +84,8 @@ fn name_of(meta: &ObjectMeta) -> &str {
 fn by_creation(sets: &mut [ReplicaSet]) {
     sets.sort_by(|a, b| {
         let t = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        t(a).cmp(&t(b)).then_with(|| name_of(&a.metadata).cmp(name_of(&b.metadata)))
+        t(a).cmp(&t(b))
+            .then_with(|| name_of(&a.metadata).cmp(name_of(&b.metadata)))
     });
 }
 
@@ -126,7 +129,9 @@ impl DeploymentController {
             if let Event::Deleted(pod) = event
                 && let Some(reference) = controller_of(&pod.metadata)
                 && reference.kind == "ReplicaSet"
-                && let Some(rs) = c.sets.get_in(pod.metadata.namespace.as_deref(), &reference.name)
+                && let Some(rs) = c
+                    .sets
+                    .get_in(pod.metadata.namespace.as_deref(), &reference.name)
             {
                 c.enqueue_for(&rs);
             }
@@ -202,7 +207,11 @@ impl Sync<'_> {
     }
 
     fn selector(&self) -> LabelSelector {
-        self.d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default()
+        self.d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default()
     }
 
     async fn reconcile(&mut self) -> Result<Action> {
@@ -281,7 +290,13 @@ impl Sync<'_> {
         match self
             .controller
             .client
-            .patch::<ReplicaSet>(Some(&self.namespace()), name_of(&rs.metadata), None, Patch::Merge, &patch)
+            .patch::<ReplicaSet>(
+                Some(&self.namespace()),
+                name_of(&rs.metadata),
+                None,
+                Patch::Merge,
+                &patch,
+            )
             .await
         {
             Ok(rs) => Ok(Some(rs)),
@@ -290,7 +305,10 @@ impl Sync<'_> {
         }
     }
 
-    async fn write_status(&mut self, status: k8s_openapi::api::apps::v1::DeploymentStatus) -> Result<()> {
+    async fn write_status(
+        &mut self,
+        status: k8s_openapi::api::apps::v1::DeploymentStatus,
+    ) -> Result<()> {
         if self.d.status.as_ref() == Some(&status) {
             return Ok(());
         }
@@ -319,9 +337,27 @@ impl Sync<'_> {
         let paused = self.d.spec.as_ref().and_then(|s| s.paused) == Some(true);
         let now = Utc::now();
         if paused && !paused_shown {
-            set_condition(&mut status, new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now));
+            set_condition(
+                &mut status,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused".into(),
+                    now,
+                ),
+            );
         } else if !paused && paused_shown {
-            set_condition(&mut status, new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), now));
+            set_condition(
+                &mut status,
+                new_condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentResumed",
+                    "Deployment is resumed".into(),
+                    now,
+                ),
+            );
         } else {
             return Ok(());
         }
@@ -330,13 +366,25 @@ impl Sync<'_> {
 
     /// The ReplicaSet of the current template (created if asked and
     /// missing), and the others; revisions synced on both sides.
-    async fn new_and_old(&mut self, sets: &[ReplicaSet], create: bool) -> Result<(Option<ReplicaSet>, Vec<ReplicaSet>)> {
-        let template = self.d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    async fn new_and_old(
+        &mut self,
+        sets: &[ReplicaSet],
+        create: bool,
+    ) -> Result<(Option<ReplicaSet>, Vec<ReplicaSet>)> {
+        let template = self
+            .d
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
         let mut sorted = sets.to_vec();
         by_creation(&mut sorted);
-        let found = sorted
-            .iter()
-            .position(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| same_template(t, &template)));
+        let found = sorted.iter().position(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .is_some_and(|t| same_template(t, &template))
+        });
         let existing = found.map(|i| sorted.remove(i));
         let old = sorted;
         let next_revision = old.iter().map(revision).max().unwrap_or(0) + 1;
@@ -347,14 +395,30 @@ impl Sync<'_> {
             let spec = rs.spec.get_or_insert_with(ReplicaSetSpec::default);
             if annotated || spec.min_ready_seconds != min_ready {
                 spec.min_ready_seconds = min_ready;
-                rs = self.controller.client.replace(&rs).await.map_err(self.failed("update the new ReplicaSet"))?;
+                rs = self
+                    .controller
+                    .client
+                    .replace(&rs)
+                    .await
+                    .map_err(self.failed("update the new ReplicaSet"))?;
                 return Ok((Some(rs), old));
             }
             let mut status = self.d.status.clone().unwrap_or_default();
-            let mut changed = self.set_revision(&rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION).cloned()).unwrap_or_default()).await?;
+            let mut changed = self
+                .set_revision(
+                    &rs.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(REVISION).cloned())
+                        .unwrap_or_default(),
+                )
+                .await?;
             if has_progress_deadline(&self.d) && condition(&status, "Progressing").is_none() {
                 let message = format!("Found new replica set {:?}", name_of(&rs.metadata));
-                set_condition(&mut status, new_condition("Progressing", "True", "FoundNewReplicaSet", message, now));
+                set_condition(
+                    &mut status,
+                    new_condition("Progressing", "True", "FoundNewReplicaSet", message, now),
+                );
                 changed = true;
             }
             if changed {
@@ -406,20 +470,44 @@ impl Sync<'_> {
         let created = match self.controller.client.create(Some(&namespace), &rs).await {
             Ok(created) => {
                 if size > 0 {
-                    self.controller.recorder.record(&self.d, EventType::Normal, "ScalingReplicaSet", format!("Scaled up replica set {name} from 0 to {size}"));
+                    self.controller.recorder.record(
+                        &self.d,
+                        EventType::Normal,
+                        "ScalingReplicaSet",
+                        format!("Scaled up replica set {name} from 0 to {size}"),
+                    );
                 }
                 let mut status = self.d.status.clone().unwrap_or_default();
                 self.set_revision(&next_revision.to_string()).await?;
                 if has_progress_deadline(&self.d) {
-                    set_condition(&mut status, new_condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set {name:?}"), now));
+                    set_condition(
+                        &mut status,
+                        new_condition(
+                            "Progressing",
+                            "True",
+                            "NewReplicaSetCreated",
+                            format!("Created new replica set {name:?}"),
+                            now,
+                        ),
+                    );
                     self.write_status(status).await?;
                 }
                 created
             }
             Err(error) if error.is_already_exists() => {
-                let existing = self.controller.client.get::<ReplicaSet>(Some(&namespace), &name).await.map_err(self.failed("read the new ReplicaSet"))?;
-                let ours = controller_of(&existing.metadata).is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
-                let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| same_template(t, &template));
+                let existing = self
+                    .controller
+                    .client
+                    .get::<ReplicaSet>(Some(&namespace), &name)
+                    .await
+                    .map_err(self.failed("read the new ReplicaSet"))?;
+                let ours = controller_of(&existing.metadata)
+                    .is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
+                let same = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| same_template(t, &template));
                 if ours && same {
                     existing
                 } else {
@@ -427,16 +515,33 @@ impl Sync<'_> {
                     let mut status = self.d.status.clone().unwrap_or_default();
                     status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
                     self.write_status(status).await?;
-                    return Err(DeploymentError::Collision { deployment: self.key.clone(), rs: name });
+                    return Err(DeploymentError::Collision {
+                        deployment: self.key.clone(),
+                        rs: name,
+                    });
                 }
             }
             Err(error) => {
                 if has_progress_deadline(&self.d) {
                     let mut status = self.d.status.clone().unwrap_or_default();
-                    set_condition(&mut status, new_condition("Progressing", "False", "ReplicaSetCreateError", format!("Failed to create new replica set {name:?}: {error}"), now));
+                    set_condition(
+                        &mut status,
+                        new_condition(
+                            "Progressing",
+                            "False",
+                            "ReplicaSetCreateError",
+                            format!("Failed to create new replica set {name:?}: {error}"),
+                            now,
+                        ),
+                    );
                     self.write_status(status).await?;
                 }
-                self.controller.recorder.record(&self.d, EventType::Warning, "FailedCreate", format!("Failed to create new replica set {name:?}: {error}"));
+                self.controller.recorder.record(
+                    &self.d,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Failed to create new replica set {name:?}: {error}"),
+                );
                 return Err(self.failed("create the new ReplicaSet")(error));
             }
         };
@@ -446,7 +551,14 @@ impl Sync<'_> {
     /// Sets the Deployment's revision annotation; whether it changed (and was written).
     async fn set_revision(&mut self, revision: &str) -> Result<bool> {
         if revision.is_empty()
-            || self.d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).map(String::as_str) == Some(revision)
+            || self
+                .d
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REVISION))
+                .map(String::as_str)
+                == Some(revision)
         {
             return Ok(false);
         }
@@ -457,7 +569,13 @@ impl Sync<'_> {
         self.d = self
             .controller
             .client
-            .patch::<Deployment>(Some(&self.namespace()), name_of(&self.d.metadata), None, Patch::Merge, &patch)
+            .patch::<Deployment>(
+                Some(&self.namespace()),
+                name_of(&self.d.metadata),
+                None,
+                Patch::Merge,
+                &patch,
+            )
             .await
             .map_err(self.failed("set the revision"))?;
         Ok(true)
@@ -468,19 +586,34 @@ impl Sync<'_> {
     async fn scale(&self, rs: &mut ReplicaSet, size: i32) -> Result<bool> {
         let from = rs_replicas(rs);
         let mut updated = rs.clone();
-        let annotated = set_replicas_annotations(&mut updated, replicas(&self.d), replicas(&self.d) + max_surge(&self.d));
+        let annotated = set_replicas_annotations(
+            &mut updated,
+            replicas(&self.d),
+            replicas(&self.d) + max_surge(&self.d),
+        );
         if from == size && !annotated {
             return Ok(false);
         }
-        updated.spec.get_or_insert_with(ReplicaSetSpec::default).replicas = Some(size);
-        *rs = self.controller.client.replace(&updated).await.map_err(self.failed("scale a ReplicaSet"))?;
+        updated
+            .spec
+            .get_or_insert_with(ReplicaSetSpec::default)
+            .replicas = Some(size);
+        *rs = self
+            .controller
+            .client
+            .replace(&updated)
+            .await
+            .map_err(self.failed("scale a ReplicaSet"))?;
         if from != size {
             let direction = if size > from { "up" } else { "down" };
             self.controller.recorder.record(
                 &self.d,
                 EventType::Normal,
                 "ScalingReplicaSet",
-                format!("Scaled {direction} replica set {} from {from} to {size}", name_of(&rs.metadata)),
+                format!(
+                    "Scaled {direction} replica set {} from {from} to {size}",
+                    name_of(&rs.metadata)
+                ),
             );
         }
         Ok(from != size)
@@ -490,9 +623,11 @@ impl Sync<'_> {
     async fn scaling_event(&mut self, sets: &[ReplicaSet]) -> Result<bool> {
         let (new, old) = self.new_and_old(sets, false).await?;
         let desired = replicas(&self.d);
-        Ok(old.iter().chain(new.iter()).filter(|rs| rs_replicas(rs) > 0).any(|rs| {
-            util::desired_annotation(rs).is_some_and(|a| a != desired)
-        }))
+        Ok(old
+            .iter()
+            .chain(new.iter())
+            .filter(|rs| rs_replicas(rs) > 0)
+            .any(|rs| util::desired_annotation(rs).is_some_and(|a| a != desired)))
     }
 
     /// Scaling and status, without rolling anything out.
@@ -508,7 +643,11 @@ impl Sync<'_> {
 
     /// Brings the ReplicaSets to the Deployment's size: the one active
     /// ReplicaSet directly, several in proportion to their sizes.
-    async fn scale_all(&mut self, new: Option<&mut ReplicaSet>, old: &mut [ReplicaSet]) -> Result<()> {
+    async fn scale_all(
+        &mut self,
+        new: Option<&mut ReplicaSet>,
+        old: &mut [ReplicaSet],
+    ) -> Result<()> {
         let desired = replicas(&self.d);
         let new_active = new.as_ref().is_some_and(|rs| rs_replicas(rs) > 0);
         let old_active = old.iter().filter(|rs| rs_replicas(rs) > 0).count();
@@ -517,7 +656,9 @@ impl Sync<'_> {
             let target: Option<&mut ReplicaSet> = if new_active || old_active == 0 {
                 match new {
                     Some(rs) => Some(rs),
-                    None => old.iter_mut().max_by_key(|rs| rs.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+                    None => old
+                        .iter_mut()
+                        .max_by_key(|rs| rs.metadata.creation_timestamp.as_ref().map(|t| t.0)),
                 }
             } else {
                 old.iter_mut().find(|rs| rs_replicas(rs) > 0)
@@ -542,27 +683,44 @@ impl Sync<'_> {
         if !is_rolling(&self.d) {
             return Ok(());
         }
-        let mut all: Vec<&mut ReplicaSet> = old.iter_mut().filter(|rs| rs_replicas(rs) > 0).collect();
+        let mut all: Vec<&mut ReplicaSet> =
+            old.iter_mut().filter(|rs| rs_replicas(rs) > 0).collect();
         if let Some(rs) = new
             && rs_replicas(rs) > 0
         {
             all.push(rs);
         }
         let current: i32 = all.iter().map(|rs| rs_replicas(rs)).sum();
-        let allowed = if desired > 0 { desired + max_surge(&self.d) } else { 0 };
+        let allowed = if desired > 0 {
+            desired + max_surge(&self.d)
+        } else {
+            0
+        };
         let to_add = allowed - current;
         let created = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if to_add > 0 {
             // Larger first, newer first among equals.
-            all.sort_by(|a, b| rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| created(b).cmp(&created(a))));
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(b).cmp(&created(a)))
+            });
         } else {
             // Larger first, older first among equals.
-            all.sort_by(|a, b| rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| created(a).cmp(&created(b))));
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(a).cmp(&created(b)))
+            });
         }
         let mut added = 0;
         let mut sizes: Vec<i32> = Vec::with_capacity(all.len());
         for rs in &all {
-            let share = if to_add != 0 { proportion(rs, &self.d, to_add, added) } else { 0 };
+            let share = if to_add != 0 {
+                proportion(rs, &self.d, to_add, added)
+            } else {
+                0
+            };
             added += share;
             sizes.push(rs_replicas(rs) + share);
         }
@@ -667,12 +825,22 @@ impl Sync<'_> {
             return self.sync_rollout_status(&old, new.as_ref()).await;
         }
         // Wait until no old pod runs.
-        let old_uids: Vec<&str> = old.iter().filter_map(|rs| rs.metadata.uid.as_deref()).collect();
-        let old_running = old.iter().any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
-            || self.controller.pods.list_in(&self.namespace()).iter().any(|p| {
-                controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid.as_str()))
-                    && (is_active(p) || p.metadata.deletion_timestamp.is_some())
-            });
+        let old_uids: Vec<&str> = old
+            .iter()
+            .filter_map(|rs| rs.metadata.uid.as_deref())
+            .collect();
+        let old_running = old
+            .iter()
+            .any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
+            || self
+                .controller
+                .pods
+                .list_in(&self.namespace())
+                .iter()
+                .any(|p| {
+                    controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid.as_str()))
+                        && (is_active(p) || p.metadata.deletion_timestamp.is_some())
+                });
         if old_running {
             return self.sync_rollout_status(&old, new.as_ref()).await;
         }
@@ -689,7 +857,10 @@ impl Sync<'_> {
         let mut new = new;
         self.scale(&mut new, replicas(&self.d)).await?;
         let all: Vec<&ReplicaSet> = old.iter().chain(std::iter::once(&new)).collect();
-        if complete(&self.d, &calculate_status(&all, Some(&new), &self.d, Utc::now())) {
+        if complete(
+            &self.d,
+            &calculate_status(&all, Some(&new), &self.d, Utc::now()),
+        ) {
             self.cleanup(&old).await?;
         }
         self.sync_rollout_status(&old, Some(&new)).await
@@ -703,14 +874,23 @@ impl Sync<'_> {
 
     /// Status with the Progressing condition; a stuck rollout is looked at
     /// again when its deadline passes.
-    async fn sync_rollout_status(&mut self, old: &[ReplicaSet], new: Option<&ReplicaSet>) -> Result<Action> {
+    async fn sync_rollout_status(
+        &mut self,
+        old: &[ReplicaSet],
+        new: Option<&ReplicaSet>,
+    ) -> Result<Action> {
         let now = Utc::now();
         let all: Vec<&ReplicaSet> = old.iter().chain(new).collect();
         let mut status = calculate_status(&all, new, &self.d, now);
         if !has_progress_deadline(&self.d) {
             remove_condition(&mut status, "Progressing");
         }
-        let current = self.d.status.as_ref().and_then(|s| condition(s, "Progressing")).cloned();
+        let current = self
+            .d
+            .status
+            .as_ref()
+            .and_then(|s| condition(s, "Progressing"))
+            .cloned();
         let done = status.replicas == status.updated_replicas
             && current.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
         let subject = match new {
@@ -719,9 +899,24 @@ impl Sync<'_> {
         };
         if has_progress_deadline(&self.d) && !done {
             if complete(&self.d, &status) {
-                set_condition(&mut status, new_condition("Progressing", "True", "NewReplicaSetAvailable", format!("{subject} has successfully progressed."), now));
+                set_condition(
+                    &mut status,
+                    new_condition(
+                        "Progressing",
+                        "True",
+                        "NewReplicaSetAvailable",
+                        format!("{subject} has successfully progressed."),
+                        now,
+                    ),
+                );
             } else if progressing(&self.d, &status) {
-                let mut c = new_condition("Progressing", "True", "ReplicaSetUpdated", format!("{subject} is progressing."), now);
+                let mut c = new_condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    format!("{subject} is progressing."),
+                    now,
+                );
                 if let Some(current) = &current
                     && current.status == "True"
                 {
@@ -730,14 +925,38 @@ impl Sync<'_> {
                 remove_condition(&mut status, "Progressing");
                 set_condition(&mut status, c);
             } else if timed_out(&self.d, &status, now) {
-                set_condition(&mut status, new_condition("Progressing", "False", "ProgressDeadlineExceeded", format!("{subject} has timed out progressing."), now));
+                set_condition(
+                    &mut status,
+                    new_condition(
+                        "Progressing",
+                        "False",
+                        "ProgressDeadlineExceeded",
+                        format!("{subject} has timed out progressing."),
+                        now,
+                    ),
+                );
             }
         }
         let failure = all.iter().find_map(|rs| {
-            rs.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "ReplicaFailure" && c.status == "True").cloned()
+            rs.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                .cloned()
         });
         match failure {
-            Some(f) => set_condition(&mut status, new_condition("ReplicaFailure", &f.status, f.reason.as_deref().unwrap_or_default(), f.message.unwrap_or_default(), now)),
+            Some(f) => set_condition(
+                &mut status,
+                new_condition(
+                    "ReplicaFailure",
+                    &f.status,
+                    f.reason.as_deref().unwrap_or_default(),
+                    f.message.unwrap_or_default(),
+                    now,
+                ),
+            ),
             None => remove_condition(&mut status, "ReplicaFailure"),
         }
         if self.d.status.as_ref() == Some(&status) {
@@ -749,14 +968,23 @@ impl Sync<'_> {
 
     /// A rollout under way is looked at again when its deadline passes, so
     /// ProgressDeadlineExceeded shows even if nothing else happens.
-    fn requeue_stuck(&self, status: &k8s_openapi::api::apps::v1::DeploymentStatus, now: chrono::DateTime<Utc>) -> Action {
+    fn requeue_stuck(
+        &self,
+        status: &k8s_openapi::api::apps::v1::DeploymentStatus,
+        now: chrono::DateTime<Utc>,
+    ) -> Action {
         let Some(c) = condition(status, "Progressing") else {
             return Action::Done;
         };
         if !has_progress_deadline(&self.d) || c.status != "True" || complete(&self.d, status) {
             return Action::Done;
         }
-        let deadline = self.d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600);
+        let deadline = self
+            .d
+            .spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(600);
         let Some(updated) = c.last_update_time.as_ref() else {
             return Action::Done;
         };
@@ -771,15 +999,27 @@ impl Sync<'_> {
         let Some(limit) = self.d.spec.as_ref().and_then(|s| s.revision_history_limit) else {
             return Ok(());
         };
-        let mut cleanable: Vec<&ReplicaSet> = old.iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
+        let mut cleanable: Vec<&ReplicaSet> = old
+            .iter()
+            .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+            .collect();
         let excess = cleanable.len() as i64 - i64::from(limit);
         if excess <= 0 {
             return Ok(());
         }
-        cleanable.sort_by_key(|rs| (revision(rs), rs.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+        cleanable.sort_by_key(|rs| {
+            (
+                revision(rs),
+                rs.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            )
+        });
         let namespace = self.namespace();
         for rs in cleanable.into_iter().take(excess as usize) {
-            let observed = rs.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+            let observed = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0);
             if rs.status.as_ref().is_some_and(|s| s.replicas != 0)
                 || rs_replicas(rs) != 0
                 || rs.metadata.generation.unwrap_or(0) > observed
@@ -790,7 +1030,12 @@ impl Sync<'_> {
                 uid: rs.metadata.uid.clone(),
                 ..DeleteOptions::default()
             };
-            match self.controller.client.delete::<ReplicaSet>(Some(&namespace), name_of(&rs.metadata), &options).await {
+            match self
+                .controller
+                .client
+                .delete::<ReplicaSet>(Some(&namespace), name_of(&rs.metadata), &options)
+                .await
+            {
                 Ok(()) => {}
                 Err(error) if error.is_not_found() => {}
                 Err(error) => return Err(self.failed("delete an old ReplicaSet")(error)),

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -36,7 +34,10 @@ pub fn rs_replicas(rs: &ReplicaSet) -> i32 {
 }
 
 pub fn rs_available(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
 }
 
 pub fn is_rolling(d: &Deployment) -> bool {
@@ -55,7 +56,11 @@ pub fn scaled(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
         Some(IntOrString::String(s)) => {
             let percent: f64 = s.trim_end_matches('%').parse().unwrap_or(0.0);
             let exact = percent * f64::from(total) / 100.0;
-            (if round_up { exact.ceil() } else { exact.floor() }) as i32
+            (if round_up {
+                exact.ceil()
+            } else {
+                exact.floor()
+            }) as i32
         }
     }
 }
@@ -114,13 +119,18 @@ pub fn desired_annotation(rs: &ReplicaSet) -> Option<i32> {
 /// The template without the `pod-template-hash` label, for comparing.
 fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {
     let mut t = template.clone();
-    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(TEMPLATE_HASH);
-        if labels.is_empty() {
-            t.metadata.as_mut().map(|m| m.labels = None);
+    if let Some(meta) = t.metadata.as_mut() {
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.remove(TEMPLATE_HASH);
+        }
+        if meta.labels.as_ref().is_some_and(BTreeMap::is_empty) {
+            meta.labels = None;
         }
     }
-    if t.metadata.as_ref().is_some_and(|m| m == &Default::default()) {
+    if t.metadata
+        .as_ref()
+        .is_some_and(|m| m == &Default::default())
+    {
         t.metadata = None;
     }
     t
@@ -142,7 +152,11 @@ pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> Str
             hash = hash.wrapping_mul(0x0100_0193);
         }
     };
-    feed(serde_json::to_string(template).unwrap_or_default().as_bytes());
+    feed(
+        serde_json::to_string(template)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     if let Some(c) = collisions {
         feed(&c.to_le_bytes());
     }
@@ -153,7 +167,12 @@ pub fn template_hash(template: &PodTemplateSpec, collisions: Option<i32>) -> Str
 }
 
 /// Copies `d`'s annotations to `rs` and sets its revision; whether anything changed.
-pub fn set_new_rs_annotations(d: &Deployment, rs: &mut ReplicaSet, revision: i64, exists: bool) -> bool {
+pub fn set_new_rs_annotations(
+    d: &Deployment,
+    rs: &mut ReplicaSet,
+    revision: i64,
+    exists: bool,
+) -> bool {
     let mut changed = false;
     let annotations = rs.metadata.annotations.get_or_insert_with(BTreeMap::new);
     for (k, v) in d.metadata.annotations.iter().flatten() {
@@ -246,7 +265,13 @@ pub fn condition<'a>(status: &'a DeploymentStatus, kind: &str) -> Option<&'a Dep
     status.conditions.iter().flatten().find(|c| c.type_ == kind)
 }
 
-pub fn new_condition(kind: &str, status: &str, reason: &str, message: String, now: DateTime<Utc>) -> DeploymentCondition {
+pub fn new_condition(
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> DeploymentCondition {
     DeploymentCondition {
         type_: kind.into(),
         status: status.into(),
@@ -287,13 +312,23 @@ pub fn has_progress_deadline(d: &Deployment) -> bool {
 }
 
 /// The status `d` has with these ReplicaSets.
-pub fn calculate_status(all: &[&ReplicaSet], new: Option<&ReplicaSet>, d: &Deployment, now: DateTime<Utc>) -> DeploymentStatus {
+pub fn calculate_status(
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    d: &Deployment,
+    now: DateTime<Utc>,
+) -> DeploymentStatus {
     let available: i32 = all.iter().map(|rs| rs_available(rs)).sum();
     let total: i32 = all.iter().map(|rs| rs_replicas(rs)).sum();
     let actual = |rs: &ReplicaSet| rs.status.as_ref().map_or(0, |s| s.replicas);
     let ready: i32 = all
         .iter()
-        .map(|rs| rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0))
+        .map(|rs| {
+            rs.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+        })
         .sum();
     let current = d.status.clone().unwrap_or_default();
     let nonzero = |n: i32| (n != 0).then_some(n);
@@ -306,17 +341,28 @@ pub fn calculate_status(all: &[&ReplicaSet], new: Option<&ReplicaSet>, d: &Deplo
         unavailable_replicas: nonzero((total - available).max(0)),
         collision_count: current.collision_count,
         conditions: current.conditions.clone(),
-        ..DeploymentStatus::default()
     };
     if available >= replicas(d) - max_unavailable(d) {
         set_condition(
             &mut status,
-            new_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now),
+            new_condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
         );
     } else {
         set_condition(
             &mut status,
-            new_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now),
+            new_condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
         );
     }
     status
@@ -354,7 +400,11 @@ pub fn timed_out(d: &Deployment, status: &DeploymentStatus, now: DateTime<Utc>) 
         Some("NewReplicaSetAvailable") => false,
         Some("ProgressDeadlineExceeded") => true,
         _ => {
-            let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds).unwrap_or(600);
+            let deadline = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.progress_deadline_seconds)
+                .unwrap_or(600);
             c.last_update_time
                 .as_ref()
                 .is_some_and(|t| t.0 + chrono::Duration::seconds(deadline.into()) < now)
@@ -365,7 +415,9 @@ pub fn timed_out(d: &Deployment, status: &DeploymentStatus, now: DateTime<Utc>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, ReplicaSetSpec, RollingUpdateDeployment};
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetSpec, RollingUpdateDeployment,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn deployment(replicas: i32, surge: &str, unavailable: &str) -> Deployment {
@@ -395,10 +447,14 @@ mod tests {
     fn rs(replicas: i32, max_replicas: Option<i32>) -> ReplicaSet {
         ReplicaSet {
             metadata: ObjectMeta {
-                annotations: max_replicas.map(|m| [(MAX_REPLICAS.to_owned(), m.to_string())].into()),
+                annotations: max_replicas
+                    .map(|m| [(MAX_REPLICAS.to_owned(), m.to_string())].into()),
                 ..ObjectMeta::default()
             },
-            spec: Some(ReplicaSetSpec { replicas: Some(replicas), ..ReplicaSetSpec::default() }),
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(replicas),
+                ..ReplicaSetSpec::default()
+            }),
             status: None,
         }
     }
@@ -450,8 +506,26 @@ mod tests {
     fn conditions_keep_their_transition_time_while_status_holds() {
         let earlier = Utc::now() - chrono::Duration::seconds(60);
         let mut status = DeploymentStatus::default();
-        set_condition(&mut status, new_condition("Progressing", "True", "ReplicaSetUpdated", "a".into(), earlier));
-        set_condition(&mut status, new_condition("Progressing", "True", "NewReplicaSetAvailable", "b".into(), Utc::now()));
+        set_condition(
+            &mut status,
+            new_condition(
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                "a".into(),
+                earlier,
+            ),
+        );
+        set_condition(
+            &mut status,
+            new_condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                "b".into(),
+                Utc::now(),
+            ),
+        );
         let c = condition(&status, "Progressing").unwrap();
         assert_eq!(c.reason.as_deref(), Some("NewReplicaSetAvailable"));
         assert_eq!(c.last_transition_time.as_ref().unwrap().0, earlier);
