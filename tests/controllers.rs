@@ -471,3 +471,122 @@ fn the_controllers_move_when_their_member_dies_mid_rollout() {
         (Some(6), Some(6), Some(6))
     );
 }
+
+#[test]
+fn services_track_their_pods_and_namespaces_empty_before_they_go() {
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    let nodes = SimulatedNodes::start(&m0.kubeconfig(), &["node-a", "node-b"]);
+    let client = nodes.client();
+
+    m0.kubectl_ok(&["create", "namespace", "shop"]);
+    wait_until(
+        CONVERGE,
+        "the default ServiceAccount in a new namespace",
+        || {
+            m0.kubectl(&["get", "serviceaccount", "default", "-n", "shop"])
+                .status
+                .success()
+        },
+    );
+
+    m0.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.25",
+        "--replicas=3",
+        "--port=80",
+    ]);
+    m0.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=8080",
+        "--target-port=80",
+    ]);
+    let pods = await_pods(&nodes, &client, "web", 3, "nginx:1.25");
+    let mut ips: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .map(|ip| format!("{ip}:80"))
+        .collect();
+    ips.sort();
+    wait_until(CONVERGE, "the Endpoints to list the three pods", || {
+        let listed = m0.kubectl_ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={range .subsets[*].addresses[*]}{.ip}{\"\\n\"}{end}",
+        ]);
+        let mut got: Vec<String> = listed.lines().map(|ip| format!("{ip}:80")).collect();
+        got.sort();
+        got == ips
+    });
+    let slices = m0.kubectl_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].conditions.ready} {.items[*].ports[*].port}",
+    ]);
+    assert_eq!(slices.trim(), "true true true 80", "{slices}");
+
+    // Scaled down: the Endpoints follow.
+    m0.kubectl_ok(&["scale", "deployment/web", "--replicas=1"]);
+    wait_until(CONVERGE, "the Endpoints to list one pod", || {
+        m0.kubectl_ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+        .split_whitespace()
+        .count()
+            == 1
+    });
+
+    // A namespace goes only once what is in it has gone.
+    m0.kubectl_ok(&[
+        "create",
+        "deployment",
+        "cart",
+        "-n",
+        "shop",
+        "--image=nginx:1.25",
+        "--replicas=2",
+    ]);
+    wait_until(CONVERGE, "cart's pods to run", || {
+        m0.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ])
+        .trim()
+            == "Running Running"
+    });
+    m0.kubectl_ok(&["delete", "namespace", "shop", "--wait=false"]);
+    assert!(
+        m0.kubectl_ok(&["get", "namespace", "shop"])
+            .contains("Terminating")
+    );
+    wait_until(CONVERGE, "the namespace and its pods to go", || {
+        m0.kubectl_ok(&["get", "namespace", "shop", "--ignore-not-found"])
+            .is_empty()
+    });
+    assert_eq!(
+        m0.kubectl_ok(&["get", "pods", "-n", "shop", "-o", "name"]),
+        ""
+    );
+    let refused = m0.kubectl_err(&["delete", "namespace", "kube-system"]);
+    assert!(
+        refused.contains("this namespace may not be deleted"),
+        "{refused}"
+    );
+}

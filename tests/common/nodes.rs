@@ -23,6 +23,9 @@ use keelson_control::runtime::{Event, Informer, key_of, split_key};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// Hands out pod IPs, one per pod started.
+static ADDRESSES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Nodes played by the test through one API server.
 pub(crate) struct SimulatedNodes {
     runtime: tokio::runtime::Runtime,
@@ -253,6 +256,8 @@ async fn run_pods(
             continue;
         }
         let now = keelson_control::object::now();
+        let serial = ADDRESSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = format!("10.42.{}.{}", serial / 250, serial % 250 + 2);
         let containers: Vec<_> = pod
             .spec
             .iter()
@@ -265,7 +270,8 @@ async fn run_pods(
         let patch = json!({"status": {
             "phase": "Running",
             "startTime": now,
-            "podIP": "10.42.0.10",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
             "hostIP": "192.0.2.1",
             "conditions": [condition("Initialized"), condition("ContainersReady"), condition("Ready"), condition("PodScheduled")],
             "containerStatuses": containers,

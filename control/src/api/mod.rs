@@ -689,13 +689,28 @@ impl Api {
                     .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
             })
             .transpose()?;
-        let (current, current_object) = self.current(target).await?;
-        if precondition.is_some_and(|rv| rv != current.mod_revision) {
-            return Err(ApiError::conflict(resource, target.name()));
+        // Without a resourceVersion the update is unconditional: one that
+        // loses a race with another writer tries again on the new state.
+        let attempts = if precondition.is_some() {
+            1
+        } else {
+            PATCH_ATTEMPTS
+        };
+        for _ in 0..attempts {
+            let (current, current_object) = self.current(target).await?;
+            if precondition.is_some_and(|rv| rv != current.mod_revision) {
+                return Err(ApiError::conflict(resource, target.name()));
+            }
+            let updated = merge_update(resource, sub, &current_object, given.clone());
+            match self
+                .write_update(target, &current_object, updated, current.mod_revision)
+                .await
+            {
+                Err(error) if error.reason == "Conflict" && precondition.is_none() => continue,
+                outcome => return outcome,
+            }
         }
-        let updated = merge_update(resource, sub, &current_object, given);
-        self.write_update(target, &current_object, updated, current.mod_revision)
-            .await
+        Err(ApiError::conflict(resource, target.name()))
     }
 
     /// Writes `updated` over `current` (at `revision`); completes a deletion
@@ -718,10 +733,16 @@ impl Api {
         }
         let taken = self.allocate(resource, &mut updated, Some(current)).await?;
         let key = target.key()?;
+        // A namespace also waits for the finalizers in its spec (`kubernetes`:
+        // the namespace controller empties it first).
         let finalized = updated["metadata"]["deletionTimestamp"].is_string()
             && updated["metadata"]["finalizers"]
                 .as_array()
-                .is_none_or(Vec::is_empty);
+                .is_none_or(Vec::is_empty)
+            && (resource.plural != "namespaces"
+                || updated["spec"]["finalizers"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty));
         let written = if finalized {
             self.store.delete(key.as_bytes(), revision).await
         } else {
@@ -764,7 +785,10 @@ impl Api {
             if sub == Some("scale") {
                 let mut scale = scale_of(&current_object);
                 patch::apply(kind, &mut scale, body)?;
-                return self.rescale(target, &scale).await;
+                match self.rescale(target, &scale).await {
+                    Err(error) if error.reason == "Conflict" => continue,
+                    outcome => return outcome,
+                }
             }
             let mut patched = current_object.clone();
             patch::apply(kind, &mut patched, body)?;
@@ -804,20 +828,31 @@ impl Api {
                     )],
                 )
             })?;
-        let (current, current_object) = self.current(target).await?;
-        if let Some(rv) = scale["metadata"]["resourceVersion"]
+        let precondition = scale["metadata"]["resourceVersion"]
             .as_str()
-            .filter(|v| !v.is_empty())
-            && rv != current.mod_revision.to_string()
-        {
-            return Err(ApiError::conflict(target.resource, target.name()));
+            .filter(|v| !v.is_empty());
+        let attempts = if precondition.is_some() {
+            1
+        } else {
+            PATCH_ATTEMPTS
+        };
+        for _ in 0..attempts {
+            let (current, current_object) = self.current(target).await?;
+            if precondition.is_some_and(|rv| rv != current.mod_revision.to_string()) {
+                return Err(ApiError::conflict(target.resource, target.name()));
+            }
+            let mut updated = current_object.clone();
+            updated["spec"]["replicas"] = json!(replicas);
+            match self
+                .write_update(target, &current_object, updated, current.mod_revision)
+                .await
+            {
+                Ok(written) => return Ok(scale_of(&written)),
+                Err(error) if error.reason == "Conflict" && precondition.is_none() => continue,
+                Err(error) => return Err(error),
+            }
         }
-        let mut updated = current_object.clone();
-        updated["spec"]["replicas"] = json!(replicas);
-        let written = self
-            .write_update(target, &current_object, updated, current.mod_revision)
-            .await?;
-        Ok(scale_of(&written))
+        Err(ApiError::conflict(target.resource, target.name()))
     }
 
     /// `pods/binding`: assigns an unassigned pod to a node.
@@ -860,6 +895,28 @@ impl Api {
                 ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
             })?
         };
+        if resource.plural == "namespaces"
+            && ["default", "kube-system", "kube-public"].contains(&target.name())
+        {
+            return Err(ApiError::forbidden(format!(
+                "namespaces {:?} is forbidden: this namespace may not be deleted",
+                target.name()
+            )));
+        }
+        // Without preconditions of its own, a delete that loses a race with
+        // another writer (a controller updating status) tries again.
+        let precondition = options["preconditions"].is_object();
+        for _ in 0..PATCH_ATTEMPTS {
+            match self.delete_once(target, &options).await {
+                Err(error) if error.reason == "Conflict" && !precondition => continue,
+                outcome => return outcome,
+            }
+        }
+        Err(ApiError::conflict(resource, target.name()))
+    }
+
+    async fn delete_once(&self, target: &Target, options: &Value) -> Result<Value> {
+        let resource = target.resource;
         let key = target.key()?;
         let (current, object) = self.current(target).await?;
         let preconditions = &options["preconditions"];
@@ -904,7 +961,11 @@ impl Api {
                 .as_str()
                 .is_some_and(|n| !n.is_empty())
             && options["gracePeriodSeconds"].as_i64() != Some(0);
-        if resource.plural == "namespaces" || !finalizers.is_empty() || graceful {
+        let namespace_waits = resource.plural == "namespaces"
+            && object["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+        if namespace_waits || !finalizers.is_empty() || graceful {
             if object["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(object);
             }
@@ -934,9 +995,6 @@ impl Api {
                 Written::Ok(revision) => with_version(marked, revision),
                 Written::Conflict(_) => return Err(ApiError::conflict(resource, target.name())),
             };
-            if resource.plural == "namespaces" {
-                self.empty_namespace(target.name()).await?;
-            }
             return Ok(written);
         }
         match self
@@ -951,28 +1009,6 @@ impl Api {
             Written::Conflict(None) => Err(ApiError::not_found(resource, target.name())),
             Written::Conflict(Some(_)) => Err(ApiError::conflict(resource, target.name())),
         }
-    }
-
-    /// Deletes everything in a terminating namespace, then the namespace.
-    async fn empty_namespace(&self, namespace: &str) -> Result<()> {
-        let mut prefixes: Vec<String> = RESOURCES
-            .iter()
-            .filter(|r| r.namespaced)
-            .map(|r| r.prefix(Some(namespace)))
-            .collect();
-        prefixes.dedup();
-        for prefix in prefixes {
-            self.store.delete_prefix(prefix.as_bytes()).await?;
-        }
-        let namespaces =
-            resources::find("", "v1", "namespaces").ok_or_else(ApiError::no_such_path)?;
-        let key = namespaces.key(None, namespace);
-        if let Some(stored) = self.store.get(key.as_bytes()).await? {
-            self.store
-                .delete(key.as_bytes(), stored.mod_revision)
-                .await?;
-        }
-        Ok(())
     }
 
     async fn delete_collection(&self, target: &Target, query: &Query) -> Result<Value> {
@@ -1037,6 +1073,12 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 /// `current`: the main resource keeps the status, `status` keeps the rest.
 fn merge_update(resource: &Resource, sub: Option<&str>, current: &Value, given: Value) -> Value {
     match sub {
+        // A namespace's `finalize` changes only its finalizers.
+        Some("finalize") => {
+            let mut updated = current.clone();
+            updated["spec"]["finalizers"] = given["spec"]["finalizers"].clone();
+            updated
+        }
         Some("status") => {
             let mut updated = current.clone();
             updated["status"] = given["status"].clone();

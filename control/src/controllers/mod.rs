@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,8 +29,10 @@ use crate::runtime::leader::{self, LeaderConfig};
 use crate::scheduler::Scheduler;
 
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod namespace;
 pub mod node;
 pub mod podgc;
 pub mod pods;
@@ -113,6 +116,11 @@ pub async fn run_controllers(
         let replicasets = Informer::<ReplicaSet>::default();
         let deployments = Informer::<Deployment>::default();
         let leases = Informer::<Lease>::default();
+        let namespaces = Informer::<Namespace>::default();
+        let accounts = Informer::<ServiceAccount>::default();
+        let services = Informer::<Service>::default();
+        let endpoints = Informer::<Endpoints>::default();
+        let slices = Informer::<EndpointSlice>::default();
 
         let scheduler = Scheduler::new(
             client.clone(),
@@ -146,6 +154,20 @@ pub async fn run_controllers(
             &leases,
             recorder("node-controller"),
         );
+        let namespace = namespace::NamespaceController::new(
+            client.clone(),
+            &namespaces,
+            &accounts,
+            shutdown.clone(),
+        );
+        let endpoint = endpoints::EndpointsController::new(
+            client.clone(),
+            &services,
+            &pods,
+            &endpoints,
+            &slices,
+            shutdown.clone(),
+        );
         let podgc = podgc::PodGc::new(
             client.clone(),
             &pods,
@@ -158,12 +180,19 @@ pub async fn run_controllers(
         tasks.spawn(replicasets.run(client.clone(), shutdown.clone()));
         tasks.spawn(deployments.run(client.clone(), shutdown.clone()));
         tasks.spawn(leases.run(client.clone(), shutdown.clone()));
+        tasks.spawn(namespaces.run(client.clone(), shutdown.clone()));
+        tasks.spawn(accounts.run(client.clone(), shutdown.clone()));
+        tasks.spawn(services.run(client.clone(), shutdown.clone()));
+        tasks.spawn(endpoints.run(client.clone(), shutdown.clone()));
+        tasks.spawn(slices.run(client.clone(), shutdown.clone()));
         tasks.spawn(scheduler.run(shutdown.clone()));
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));
         tasks.spawn(gc.run(5, shutdown.clone()));
         tasks.spawn(lifecycle.run(shutdown.clone()));
         tasks.spawn(podgc.run(shutdown.clone()));
+        tasks.spawn(namespace.run(2, shutdown.clone()));
+        tasks.spawn(endpoint.run(5, shutdown.clone()));
         while let Some(outcome) = tasks.join_next().await {
             if let Err(error) = outcome {
                 tracing::error!(%error, "a controller task failed");
