@@ -23,3 +23,25 @@ wait_healthy() {
   echo "servers at $1 did not become healthy" >&2
   return 1
 }
+
+# start_control_plane DIR: starts three Keelson members that also serve the
+# Kubernetes API (default flags otherwise), sets `member_pid[i]`, `client[i]`
+# and `api[i]`, and waits until m0 has written its admin kubeconfig.
+start_control_plane() {
+  local dir=$1 i cluster="" _
+  for i in 0 1 2; do client[$i]=$(free_port); peer[$i]=$(free_port); api[$i]=$(free_port); done
+  for i in 0 1 2; do cluster+="m$i=http://127.0.0.1:${peer[$i]},"; done
+  cluster=${cluster%,}
+  for i in 0 1 2; do
+    "$bin" server --name "m$i" --data-dir "$dir/m$i" \
+      --listen-client-urls "http://127.0.0.1:${client[$i]}" --advertise-client-urls "http://127.0.0.1:${client[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${peer[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${peer[$i]}" \
+      --initial-cluster "$cluster" --listen-api-url "https://127.0.0.1:${api[$i]}" >"$dir/m$i.log" 2>&1 &
+    member_pid[$i]=$!
+    pids+=($!)
+  done
+  wait_healthy "127.0.0.1:${client[0]},127.0.0.1:${client[1]},127.0.0.1:${client[2]}"
+  for _ in $(seq 200); do [[ -s $dir/m0/admin.kubeconfig ]] && return 0; sleep 0.1; done
+  echo "m0 did not serve the Kubernetes API" >&2
+  return 1
+}

@@ -7,6 +7,28 @@ use keelson_raftstore::bench::{BenchConfig, Workload, run as run_bench};
 pub(crate) enum BenchCommand {
     /// Load any etcd v3 endpoint (Keelson's or etcd's) and report throughput and latency.
     Store(StoreBenchArgs),
+    /// Scheduling throughput: simulated nodes, pods created as fast as the
+    /// API takes them, each timed from creation to binding.
+    Scheduler(SchedulerBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerBenchArgs {
+    /// The cluster's admin kubeconfig.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: std::path::PathBuf,
+    /// Simulated nodes to register (nothing runs on them).
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Pods to schedule onto them.
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to wait for every pod to be bound, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -61,7 +83,40 @@ pub(crate) struct StoreBenchArgs {
 }
 
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Store(args) = command;
+    match command {
+        BenchCommand::Store(args) => store(args).await,
+        BenchCommand::Scheduler(args) => scheduler(args).await,
+    }
+}
+
+async fn scheduler(args: SchedulerBenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use keelson_control::client::{Client, Https, Kubeconfig};
+    let config = Kubeconfig::read(&args.kubeconfig)
+        .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    let client = Client::https(Https::new(&config)?);
+    let bench = keelson_control::bench::SchedulerBench {
+        nodes: args.nodes,
+        pods: args.pods,
+        concurrency: args.concurrency,
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let report = bench.run(&client).await?;
+    println!(
+        "scheduler  nodes {}  pods {}  bound {} in {:.2} s  {:.0} pods/s  create->bound p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        report.nodes,
+        report.pods,
+        report.bound,
+        report.elapsed.as_secs_f64(),
+        report.throughput(),
+        report.p50.as_secs_f64() * 1e3,
+        report.p99.as_secs_f64() * 1e3,
+        report.max.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+async fn store(args: StoreBenchArgs) -> anyhow::Result<()> {
     println!(
         "endpoints {}  clients {}  conns {}  key {} B  value {} B  key space {}",
         args.endpoints.join(","),

@@ -165,6 +165,7 @@ impl ServerArgs {
             service_range: self.service_cluster_ip_range,
             cluster_token: self.initial_cluster_token.clone(),
             controllers: self.controllers()?,
+            metrics: None,
             default_tolerations: keelson_control::defaults::DefaultTolerations {
                 not_ready_seconds: self.default_not_ready_toleration_seconds.max(0),
                 unreachable_seconds: self.default_unreachable_toleration_seconds.max(0),
@@ -321,6 +322,8 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     // etcd's buckets for disk latencies; Prometheus' defaults for RPCs.
     let disk: Vec<f64> = (0..14).map(|i| 0.001 * f64::from(1u32 << i)).collect();
     let batch: Vec<f64> = (0..10).map(|i| f64::from(1u32 << i)).collect();
+    let queue: Vec<f64> = (0..10).map(|i| 1e-8 * 10f64.powi(i)).collect();
+    let scheduling: Vec<f64> = (0..15).map(|i| 0.001 * f64::from(1u32 << i)).collect();
     let rpc = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
@@ -347,6 +350,12 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("keelson_raft_proposal_batch_commands".into()),
             &batch,
         )?
+        // client-go's buckets for the work queues, the scheduler's for its attempts.
+        .set_buckets_for_metric(Matcher::Prefix("workqueue_".into()), &queue)?
+        .set_buckets_for_metric(
+            Matcher::Full("scheduler_scheduling_attempt_duration_seconds".into()),
+            &scheduling,
+        )?
         .install_recorder()
         .context("cannot install the metrics recorder")
 }
@@ -363,7 +372,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let Some(api) = api else {
             bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
         };
-        install_metrics()?;
+        let handle = install_metrics()?;
+        api_config.metrics = Some(keelson_control::api::MetricsRender(std::sync::Arc::new(
+            move || handle.render(),
+        )));
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         return run_api(api, api_config, shutdown).await;
@@ -428,6 +440,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..MemberConfig::default()
     };
     let handle = install_metrics()?;
+    let render = handle.clone();
+    api_config.metrics = Some(keelson_control::api::MetricsRender(std::sync::Arc::new(
+        move || render.render(),
+    )));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let member = async {

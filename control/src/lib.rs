@@ -23,6 +23,7 @@
 
 pub mod allocate;
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod controllers;
 pub mod convert;

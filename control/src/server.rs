@@ -57,6 +57,9 @@ pub struct ApiConfig {
     pub controllers: Option<crate::controllers::ControllerConfig>,
     /// What pods tolerate of their node's failures unless they say.
     pub default_tolerations: crate::defaults::DefaultTolerations,
+    /// Renders the process's metrics for `GET /metrics`, as Kubernetes'
+    /// API server serves its own.
+    pub metrics: Option<crate::api::MetricsRender>,
 }
 
 /// Why the API server could not start.
@@ -250,9 +253,12 @@ pub async fn run(
         store,
         sealer,
         bootstrap,
-        config.service_range,
-        address.to_string(),
-        config.default_tolerations,
+        crate::api::Settings {
+            services: config.service_range,
+            address: address.to_string(),
+            tolerations: config.default_tolerations,
+            metrics: config.metrics.clone(),
+        },
         shutdown.clone(),
     );
     patiently(&shutdown, "system namespaces", || async {

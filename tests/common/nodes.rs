@@ -127,6 +127,7 @@ impl SimulatedNodes {
             .spawn(renew_leases(client.clone(), live.clone(), shutdown.clone()));
         let pods = Informer::<Pod>::default();
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let resync = sender.clone();
         pods.on_event(move |event| {
             let pod = match event {
                 Event::Added(pod) | Event::Updated { new: pod, .. } => pod,
@@ -136,6 +137,24 @@ impl SimulatedNodes {
         });
         self.runtime
             .spawn(pods.clone().run(client.clone(), shutdown.clone()));
+        // As an agent resyncs: what failed (the API was electing a leader) is
+        // tried again.
+        let (resync_pods, resync_shutdown) = (pods.clone(), shutdown.clone());
+        self.runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = resync_shutdown.cancelled() => return,
+                }
+                for pod in resync_pods.list() {
+                    let settled = pod.metadata.deletion_timestamp.is_none()
+                        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    if !settled {
+                        drop(resync.send(key_of(&pod.metadata)));
+                    }
+                }
+            }
+        });
         self.runtime
             .spawn(run_pods(client, pods, live, receiver, shutdown));
     }

@@ -53,6 +53,16 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// Renders the process's metrics in Prometheus' text format.
+#[derive(Clone)]
+pub struct MetricsRender(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsRender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRender")
+    }
+}
+
 /// The API server's shared state.
 #[derive(Debug)]
 pub struct Api {
@@ -68,6 +78,7 @@ pub struct Api {
     shutdown: CancellationToken,
     /// What pods tolerate of their node's failures unless they say.
     tolerations: defaults::DefaultTolerations,
+    metrics: Option<MetricsRender>,
 }
 
 /// Where a request points.
@@ -172,24 +183,36 @@ fn verb(method: &Method, target: Option<&Target>, watch: bool) -> &'static str {
     }
 }
 
+/// How the API server behaves, apart from where its data lives.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where Service ClusterIPs come from.
+    pub services: ServiceRange,
+    /// `host:port` clients reach this server at.
+    pub address: String,
+    /// What pods tolerate of their node's failures unless they say.
+    pub tolerations: defaults::DefaultTolerations,
+    /// Renders the process's metrics for `GET /metrics`.
+    pub metrics: Option<MetricsRender>,
+}
+
 impl Api {
     pub fn new(
         store: Store,
         sealer: Sealer,
         bootstrap: Bootstrap,
-        services: ServiceRange,
-        address: String,
-        tolerations: defaults::DefaultTolerations,
+        settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             codec: Codec { sealer },
             bootstrap,
-            services,
-            address,
+            services: settings.services,
+            address: settings.address,
             shutdown,
-            tolerations,
+            tolerations: settings.tolerations,
+            metrics: settings.metrics,
         })
     }
 
@@ -310,6 +333,17 @@ impl Api {
         request: Request<Body>,
     ) -> (Result<Response<Body>>, &'static str, String) {
         let path = request.uri().path().to_owned();
+        if path == "/metrics"
+            && request.method() == Method::GET
+            && let Some(render) = &self.metrics
+        {
+            let mut text = Response::new(Body::from((render.0)()));
+            text.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return (Ok(text), "GET", String::new());
+        }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let document = match segments.as_slice() {
             ["version"] => Some(Ok(discovery::version())),

@@ -200,7 +200,9 @@ impl Candidate {
 
     /// One bounded attempt: a hung request counts as a failure.
     async fn attempt(&mut self) -> bool {
-        let limit = self.config.retry_period.max(Duration::from_millis(500));
+        // Half the renew deadline: a leader gets at least two tries before
+        // it must stop.
+        let limit = (self.config.renew_deadline / 2).max(self.config.retry_period);
         match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
             Ok(Ok(ours)) => ours,
             Ok(Err(error)) => {
