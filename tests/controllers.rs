@@ -234,7 +234,19 @@ fn deployments_roll_out_scale_and_roll_back() {
     );
     m0.kubectl_ok(&["rollout", "resume", "deployment/web"]);
     m0.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
-    await_pods(&nodes, &client, "web", 4, "nginx:1.27");
+    let before = await_pods(&nodes, &client, "web", 4, "nginx:1.27");
+
+    // A restart replaces every pod with the same template, restamped.
+    m0.kubectl_ok(&["rollout", "restart", "deployment/web"]);
+    m0.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let after = await_pods(&nodes, &client, "web", 4, "nginx:1.27");
+    assert!(after.iter().all(|p| {
+        !before.iter().any(|b| b.metadata.uid == p.metadata.uid)
+            && p.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+    }));
 
     let described = m0.kubectl_ok(&["describe", "deployment/web"]);
     assert!(described.contains("ScalingReplicaSet"), "{described}");
