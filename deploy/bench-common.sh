@@ -3,7 +3,8 @@
 # pids that are stopped and removed on exit, and the helpers below.
 
 cargo build --release --locked --quiet
-bin=$PWD/target/release/keelson
+# KEELSON_BIN: another build to measure (an older commit, for a side-by-side run).
+bin=${KEELSON_BIN:-$PWD/target/release/keelson}
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }

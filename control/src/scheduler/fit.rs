@@ -468,6 +468,19 @@ pub fn score(info: &PodInfo, node: &NodeInfo, most_of_owner: i64) -> i64 {
     least_allocated + spread
 }
 
+/// How many feasible nodes a search looks for before it scores them:
+/// every node in a cluster of up to 100, then a share that shrinks with
+/// the cluster's size (50% less one point per 125 nodes, at least 5%, at
+/// least 100 nodes), Kubernetes' adaptive `percentageOfNodesToScore`.
+pub fn nodes_to_find(all: usize) -> usize {
+    const MIN: usize = 100;
+    if all < MIN {
+        return all;
+    }
+    let percentage = 50usize.saturating_sub(all / 125).max(5);
+    (all * percentage / 100).max(MIN)
+}
+
 /// Kubernetes' message for a pod no node fits: `0/3 nodes are available:
 /// 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector.`
 pub fn failure_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
@@ -634,6 +647,15 @@ mod tests {
         let info = PodInfo::of(&p);
         busy.add(&info);
         assert!(score(&info, &idle, 1) > score(&info, &busy, 1));
+    }
+
+    #[test]
+    fn large_clusters_search_a_share_of_their_nodes() {
+        assert_eq!(nodes_to_find(3), 3);
+        assert_eq!(nodes_to_find(100), 100);
+        assert_eq!(nodes_to_find(1000), 420);
+        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(20_000), 1000);
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub enum ScheduleError {
 #[derive(Debug, Default)]
 struct Cache {
     nodes: HashMap<String, NodeInfo>,
+    /// The names of the nodes that exist, in the order they came: where a
+    /// search starts rotates through it.
+    order: Vec<String>,
+    /// Where the next search for feasible nodes starts in `order`.
+    next_start: usize,
     /// Pod key → its node, what it takes, and whether only assumed.
     placed: HashMap<String, (String, PodInfo, bool)>,
 }
@@ -83,10 +88,15 @@ impl Cache {
     fn set_node(&mut self, node: Arc<Node>) {
         let name = node.metadata.name.clone().unwrap_or_default();
         let entry = self.node_entry(&name);
+        let new = entry.node.metadata.name.is_none();
         *entry = entry.renew(node);
+        if new {
+            self.order.push(name);
+        }
     }
 
     fn remove_node(&mut self, name: &str) {
+        self.order.retain(|n| n != name);
         if let Some(entry) = self.nodes.get_mut(name) {
             if entry.pods == 0 {
                 self.nodes.remove(name);
@@ -296,33 +306,52 @@ impl Scheduler {
         Ok(Action::Done)
     }
 
-    /// The best node for `pod`, or the message saying why none fits.
+    /// The best node for `pod`, or the message saying why none fits. In a
+    /// large cluster the search stops once enough nodes fit
+    /// ([`fit::nodes_to_find`]), starting where the last one stopped, as
+    /// Kubernetes' scheduler does.
     fn decide(&self, pod: &Pod, info: &PodInfo) -> Result<String, String> {
-        let cache = self.cache();
-        let nodes: Vec<&NodeInfo> = cache
-            .nodes
-            .values()
-            .filter(|n| n.node.metadata.name.is_some())
-            .collect();
+        let mut guard = self.cache();
+        let cache = &mut *guard;
+        let total = cache.order.len();
         let most_of_owner = info.owner.as_ref().map_or(0, |owner| {
-            nodes
-                .iter()
+            cache
+                .nodes
+                .values()
                 .filter_map(|n| n.owners.get(owner))
                 .copied()
                 .max()
                 .unwrap_or(0)
         });
+        let want = fit::nodes_to_find(total);
+        let start = if total == 0 {
+            0
+        } else {
+            cache.next_start % total
+        };
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Vec<&NodeInfo> = Vec::new();
-        let mut best_score = i64::MIN;
-        for node in &nodes {
+        let mut feasible: Vec<&NodeInfo> = Vec::new();
+        let mut searched = 0;
+        for i in 0..total {
+            let Some(node) = cache.nodes.get(&cache.order[(start + i) % total]) else {
+                continue;
+            };
+            searched = i + 1;
             let unfit = fit::filter(pod, info, node);
-            if !unfit.is_empty() {
-                for reason in unfit {
-                    *reasons.entry(reason.to_string()).or_default() += 1;
+            if unfit.is_empty() {
+                feasible.push(node);
+                if feasible.len() >= want {
+                    break;
                 }
                 continue;
             }
+            for reason in unfit {
+                *reasons.entry(reason.to_string()).or_default() += 1;
+            }
+        }
+        let mut best: Vec<&NodeInfo> = Vec::new();
+        let mut best_score = i64::MIN;
+        for node in feasible {
             let score = fit::score(info, node, most_of_owner);
             if score > best_score {
                 best_score = score;
@@ -333,11 +362,13 @@ impl Scheduler {
             }
         }
         if best.is_empty() {
-            return Err(fit::failure_message(nodes.len(), &reasons));
+            return Err(fit::failure_message(total, &reasons));
         }
         best.sort_by(|a, b| a.name().cmp(b.name()));
         let pick = self.ties.fetch_add(1, Ordering::Relaxed) % best.len();
-        Ok(best[pick].name().to_owned())
+        let chosen = best[pick].name().to_owned();
+        cache.next_start = start + searched;
+        Ok(chosen)
     }
 
     fn bind(&self, pod: Arc<Pod>, node: String) {
