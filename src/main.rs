@@ -3,6 +3,7 @@
 //! Flags are parsed here and handed to the libraries' `run` functions; nothing
 //! else lives in the binary.
 
+mod agent;
 mod bench;
 mod server;
 
@@ -26,6 +27,8 @@ enum Command {
     /// Run a control-plane member: the etcd-v3-compatible store over gRPC,
     /// and the Kubernetes API over HTTPS.
     Server(Box<server::ServerArgs>),
+    /// Run a node agent: registers a Node and runs the pods bound to it.
+    Agent(agent::AgentArgs),
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Bench(command) => bench::run(command).await,
         }
     });

@@ -258,7 +258,7 @@ async fn bind_api(url: &str) -> anyhow::Result<Option<TcpListener>> {
 }
 
 /// Parses Go-style durations as etcd's flags take them: `500ms`, `1s`, `10m`, `1h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -479,7 +479,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     member.and(api)
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut terminate) = signal(SignalKind::terminate()) else {
         return;

@@ -364,7 +364,7 @@ impl Server {
 }
 
 /// Starts `command` in the background; its stdout lines can be awaited.
-fn spawn_background(mut command: Command, description: String) -> Background {
+pub(crate) fn spawn_background(mut command: Command, description: String) -> Background {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,0 +1,339 @@
+//! The agent's Node: registration with what the machine has, and the
+//! heartbeat (its Lease in `kube-node-lease`, and its status).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use keelson_control::client::{Client, ClientError, Patch};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Runtime;
+
+/// The Kubernetes version the agent reports as its kubelet's.
+pub const KUBELET_VERSION: &str = "v1.32.0-keelson";
+
+/// How the node presents itself.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    /// The address other nodes and the control plane reach it at.
+    pub ip: String,
+    pub labels: BTreeMap<String, String>,
+    pub max_pods: u32,
+    /// CPU (millicores) and memory (bytes) kept back from pods.
+    pub reserved_milli_cpu: u64,
+    pub reserved_memory: u64,
+    pub lease_duration_seconds: i32,
+    /// How often the Lease is renewed (Kubernetes: 10 s).
+    pub renew_interval: Duration,
+}
+
+/// What the machine has.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    pub cpus: u64,
+    pub memory: u64,
+    pub kernel: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Machine {
+    /// Reads /proc and /etc.
+    pub fn read() -> Self {
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|rest| {
+                        rest.trim()
+                            .trim_end_matches("kB")
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+            })
+            .map_or(0, |kib| kib * 1024);
+        let os_image = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+            .unwrap_or_else(|| "Linux".into());
+        Self {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory,
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            os_image,
+            machine_id: read_trimmed("/etc/machine-id"),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        }
+    }
+}
+
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The conditions of a healthy node, with Kubernetes' reasons.
+fn conditions(now: Time, previous: Option<&[NodeCondition]>) -> Vec<NodeCondition> {
+    [
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]
+    .into_iter()
+    .map(|(kind, status, reason, message)| {
+        let since = previous
+            .and_then(|p| p.iter().find(|c| c.type_ == kind && c.status == status))
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        NodeCondition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_heartbeat_time: Some(now.clone()),
+            last_transition_time: Some(since),
+        }
+    })
+    .collect()
+}
+
+/// The Node this agent registers.
+pub fn node_object(config: &NodeConfig, machine: &Machine, runtime_version: &str) -> Node {
+    let now = Time(Utc::now());
+    let quantity = |q: String| Quantity(q);
+    let capacity: BTreeMap<String, Quantity> = [
+        ("cpu".to_owned(), quantity(machine.cpus.to_string())),
+        (
+            "memory".to_owned(),
+            quantity(format!("{}Ki", machine.memory / 1024)),
+        ),
+        ("pods".to_owned(), quantity(config.max_pods.to_string())),
+        ("ephemeral-storage".to_owned(), quantity("0".into())),
+    ]
+    .into();
+    let allocatable: BTreeMap<String, Quantity> = [
+        (
+            "cpu".to_owned(),
+            quantity(format!(
+                "{}m",
+                (machine.cpus * 1000).saturating_sub(config.reserved_milli_cpu)
+            )),
+        ),
+        (
+            "memory".to_owned(),
+            quantity(format!(
+                "{}Ki",
+                machine.memory.saturating_sub(config.reserved_memory) / 1024
+            )),
+        ),
+        ("pods".to_owned(), quantity(config.max_pods.to_string())),
+        ("ephemeral-storage".to_owned(), quantity("0".into())),
+    ]
+    .into();
+    let mut labels = config.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), config.name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    labels.insert("kubernetes.io/arch".into(), architecture().into());
+    labels.insert("beta.kubernetes.io/os".into(), "linux".into());
+    labels.insert("beta.kubernetes.io/arch".into(), architecture().into());
+    Node {
+        metadata: ObjectMeta {
+            name: Some(config.name.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            capacity: Some(capacity),
+            allocatable: Some(allocatable),
+            conditions: Some(conditions(now, None)),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: config.ip.clone(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: config.name.clone(),
+                },
+            ]),
+            node_info: Some(NodeSystemInfo {
+                architecture: architecture().into(),
+                boot_id: machine.boot_id.clone(),
+                container_runtime_version: runtime_version.to_owned(),
+                kernel_version: machine.kernel.clone(),
+                kube_proxy_version: String::new(),
+                kubelet_version: KUBELET_VERSION.into(),
+                machine_id: machine.machine_id.clone(),
+                operating_system: "linux".into(),
+                os_image: machine.os_image.clone(),
+                system_uuid: machine.machine_id.clone(),
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+/// Registers the node: creates it, or takes over the one of that name
+/// (a restarted agent) with fresh status.
+pub async fn register(client: &Client, node: &Node) -> Result<Node, ClientError> {
+    match client.create(None, node).await {
+        Ok(created) => Ok(created),
+        Err(error) if error.is_already_exists() => {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let labels = json!({"metadata": {"labels": node.metadata.labels}});
+            client
+                .patch::<Node>(None, &name, None, Patch::Merge, &labels)
+                .await?;
+            let status = json!({"status": node.status});
+            client
+                .patch::<Node>(None, &name, Some("status"), Patch::Merge, &status)
+                .await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Renews the node's Lease (made owned by the Node, so it goes with it).
+async fn renew(client: &Client, config: &NodeConfig, node_uid: &str) -> Result<(), ClientError> {
+    let namespace = Some("kube-node-lease");
+    let now = MicroTime(Utc::now());
+    match client.get::<Lease>(namespace, &config.name).await {
+        Ok(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(config.name.clone());
+            spec.lease_duration_seconds = Some(config.lease_duration_seconds);
+            client.replace(&lease).await.map(drop)
+        }
+        Err(error) if error.is_not_found() => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    namespace: namespace.map(str::to_owned),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: config.name.clone(),
+                        uid: node_uid.to_owned(),
+                        ..OwnerReference::default()
+                    }]),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(config.name.clone()),
+                    lease_duration_seconds: Some(config.lease_duration_seconds),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            };
+            match client.create(namespace, &lease).await {
+                Ok(_) => Ok(()),
+                Err(error) if error.is_already_exists() => Ok(()),
+                Err(error) => Err(error),
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Renews the Lease every renew interval and reports the node's
+/// conditions (Ready again if the node controller marked it Unknown while
+/// the agent was away); tells the runtime the node's pod CIDR once known.
+pub async fn heartbeat<R: Runtime>(
+    client: Client,
+    config: NodeConfig,
+    runtime: Arc<R>,
+    shutdown: CancellationToken,
+) {
+    let mut node_uid = String::new();
+    let mut cidr_known = false;
+    loop {
+        match client.get::<Node>(None, &config.name).await {
+            Ok(node) => {
+                node_uid = node.metadata.uid.clone().unwrap_or_default();
+                if !cidr_known
+                    && let Some(cidr) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())
+                {
+                    runtime.set_pod_cidr(cidr);
+                    cidr_known = true;
+                }
+                let previous = node.status.as_ref().and_then(|s| s.conditions.as_deref());
+                let healthy = previous
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !healthy {
+                    let patch =
+                        json!({"status": {"conditions": conditions(Time(Utc::now()), previous)}});
+                    if let Err(error) = client
+                        .patch::<Node>(None, &config.name, Some("status"), Patch::Strategic, &patch)
+                        .await
+                    {
+                        tracing::warn!(%error, "could not report the node Ready");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, node = %config.name, "could not read the node"),
+        }
+        if let Err(error) = renew(&client, &config, &node_uid).await {
+            tracing::warn!(%error, node = %config.name, "could not renew the node lease");
+        }
+        // Until the control plane has given the node its pod CIDR, look
+        // again every second.
+        let pause = if cidr_known {
+            config.renew_interval
+        } else {
+            config.renew_interval.min(Duration::from_secs(1))
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

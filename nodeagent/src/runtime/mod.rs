@@ -1,0 +1,145 @@
+//! The runtime boundary: what the pod workers ask of a container runtime,
+//! in the shape of Kubernetes' CRI (sandboxes holding containers).
+//!
+//! Two implementations: [`fake::FakeRuntime`] (hollow nodes: containers
+//! "run" without processes) and the libcontainer runtime (real OCI
+//! containers). The pod workers depend only on this trait.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub mod fake;
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no sandbox {0}")]
+    NoSandbox(String),
+    #[error("no container {0}")]
+    NoContainer(String),
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    #[error("container {container}: {reason}")]
+    Container { container: String, reason: String },
+}
+
+/// What a pod's sandbox is made from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// The pod's host name (its name, or `spec.hostname`).
+    pub hostname: String,
+}
+
+/// What a container is made from, once the pod's spec is resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The container's name in the pod.
+    pub name: String,
+    /// How many times it has been started before (its restart count).
+    pub attempt: u32,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+}
+
+/// What a container is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerRun {
+    Created,
+    Running {
+        started: DateTime<Utc>,
+    },
+    Exited {
+        exit_code: i32,
+        /// `Completed`, `Error`, `OOMKilled`, …
+        reason: String,
+        started: Option<DateTime<Utc>>,
+        finished: DateTime<Utc>,
+    },
+}
+
+/// One container as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    /// The image's content digest, when known.
+    pub image_id: String,
+    pub run: ContainerRun,
+}
+
+/// One pod sandbox and its containers, as the runtime sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxState {
+    pub id: String,
+    pub config: SandboxConfig,
+    pub ready: bool,
+    pub ip: Option<String>,
+    pub created: DateTime<Utc>,
+    pub containers: Vec<ContainerState>,
+}
+
+impl SandboxState {
+    /// The latest attempt of the container named `name`.
+    pub fn latest(&self, name: &str) -> Option<&ContainerState> {
+        self.containers
+            .iter()
+            .filter(|c| c.name == name)
+            .max_by_key(|c| c.attempt)
+    }
+}
+
+/// A container runtime, CRI-shaped.
+pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's name and version, as `nodeInfo.containerRuntimeVersion`.
+    fn version(&self) -> String;
+
+    /// The node's pod CIDR, once the control plane assigned it (the fake
+    /// runtime hands out sandbox IPs from it; real pods get theirs from CNI).
+    fn set_pod_cidr(&self, _cidr: &str) {}
+
+    /// Makes the pod's sandbox (namespaces shared by its containers).
+    fn run_sandbox(
+        &self,
+        config: &SandboxConfig,
+    ) -> impl Future<Output = Result<SandboxState, RuntimeError>> + Send;
+
+    /// Stops every container of the sandbox (after `grace`), then the sandbox.
+    fn stop_sandbox(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes a stopped sandbox and everything in it.
+    fn remove_sandbox(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Creates and starts a container in the sandbox; its id.
+    fn start_container(
+        &self,
+        sandbox: &str,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`.
+    fn stop_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Removes an exited container.
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Every sandbox with its containers.
+    fn list(&self) -> impl Future<Output = Result<Vec<SandboxState>, RuntimeError>> + Send;
+}

@@ -1,0 +1,131 @@
+//! `keelson agent`: flags → node config → `keelson_nodeagent::run`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use keelson_control::client::{Client, Https, Kubeconfig};
+use keelson_nodeagent::NodeConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeKind {
+    /// Hollow node: pods "run" without processes (scale tests only).
+    Fake,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// Kubeconfig with the credentials to reach the API server.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// The node's name (default: the host name).
+    #[arg(long, env = "KEELSON_NODE_NAME")]
+    node_name: Option<String>,
+    /// The node's address, as other nodes and the control plane reach it.
+    #[arg(long, env = "KEELSON_NODE_IP", default_value = "127.0.0.1")]
+    node_ip: String,
+    /// The container runtime.
+    #[arg(long, value_enum, default_value = "fake")]
+    runtime: RuntimeKind,
+    /// Pods the node takes at most.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Resources kept back from pods: cpu=100m,memory=256Mi.
+    #[arg(long, default_value = "")]
+    system_reserved: String,
+    /// Labels of the node: key=value,…
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+    /// How long the node's Lease is valid for (seconds).
+    #[arg(long, default_value_t = 40)]
+    node_lease_duration_seconds: i32,
+    /// How often the node's Lease is renewed (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
+    node_lease_renew_interval: Duration,
+}
+
+/// `cpu=100m,memory=256Mi` → (millicores, bytes).
+fn parse_reserved(text: &str) -> anyhow::Result<(u64, u64)> {
+    let (mut cpu, mut memory) = (0, 0);
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .with_context(|| format!("--system-reserved {part:?}: expected NAME=QUANTITY"))?;
+        let bad = || {
+            format!("--system-reserved {part:?}: {value:?} is not a quantity like 100m or 256Mi")
+        };
+        match name {
+            "cpu" => {
+                cpu = keelson_control::quantity::milli(value)
+                    .with_context(bad)?
+                    .max(0) as u64
+            }
+            "memory" => {
+                memory = keelson_control::quantity::value(value)
+                    .with_context(bad)?
+                    .max(0) as u64
+            }
+            other => anyhow::bail!("--system-reserved: unknown resource {other:?} (cpu or memory)"),
+        }
+    }
+    Ok((cpu, memory))
+}
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let kubeconfig = Kubeconfig::read(&args.kubeconfig)
+        .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    let client = Client::https(Https::new(&kubeconfig)?);
+    let (reserved_milli_cpu, reserved_memory) = parse_reserved(&args.system_reserved)?;
+    let mut labels = BTreeMap::new();
+    for label in &args.node_labels {
+        let (key, value) = label
+            .split_once('=')
+            .with_context(|| format!("--node-labels {label:?}: expected key=value"))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let name = match args.node_name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|n| n.trim().to_owned())
+            .context("no --node-name, and the host name cannot be read")?,
+    };
+    let config = NodeConfig {
+        name,
+        ip: args.node_ip,
+        labels,
+        max_pods: args.max_pods,
+        reserved_milli_cpu,
+        reserved_memory,
+        lease_duration_seconds: args.node_lease_duration_seconds,
+        renew_interval: args.node_lease_renew_interval,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
+    match args.runtime {
+        RuntimeKind::Fake => {
+            let runtime = Arc::new(keelson_nodeagent::runtime::fake::FakeRuntime::new());
+            keelson_nodeagent::run(client, runtime, config, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_resources_parse() {
+        assert_eq!(
+            parse_reserved("cpu=100m,memory=256Mi").unwrap(),
+            (100, 256 * 1024 * 1024)
+        );
+        assert_eq!(parse_reserved("").unwrap(), (0, 0));
+        assert!(parse_reserved("gpu=1").is_err());
+        assert!(parse_reserved("cpu=lots").is_err());
+    }
+}
