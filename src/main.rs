@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod image;
 mod server;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Run a node agent: registers a Node and runs the pods bound to it.
     Agent(agent::AgentArgs),
+    /// The node's image store: import tarballs, list images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Image(command) => image::run(command),
             Command::Bench(command) => bench::run(command).await,
         }
     });

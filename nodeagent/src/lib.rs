@@ -12,6 +12,7 @@
 //! - [`runtime`]: the CRI-shaped boundary and its implementations.
 //! - [`pods`]: pure planning (`plan`) and status (`status`), and the workers.
 //! - [`node`]: the Node object and the heartbeat.
+//! - [`images`]: the node's content-addressed image store and tarball import.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use keelson_control::client::{Client, ClientError};
 use keelson_control::runtime::Informer;
 use tokio_util::sync::CancellationToken;
 
+pub mod images;
 pub mod node;
 pub mod pods;
 pub mod runtime;
