@@ -13,6 +13,8 @@ fn busybox_archive(path: &Path) {
     let mut header = tar::Header::new_gnu();
     header.set_size(busybox.len() as u64);
     header.set_mode(0o755);
+    header.set_uid(0);
+    header.set_gid(0);
     header.set_cksum();
     layer
         .append_data(&mut header, "bin/busybox", busybox.as_slice())
@@ -21,6 +23,8 @@ fn busybox_archive(path: &Path) {
     link.set_entry_type(tar::EntryType::Symlink);
     link.set_size(0);
     link.set_mode(0o777);
+    link.set_uid(0);
+    link.set_gid(0);
     layer
         .append_link(&mut link, "bin/sh", "busybox")
         .expect("layer");

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub mod import;
 pub mod reference;
+pub mod unpack;
 
 pub use reference::Reference;
 

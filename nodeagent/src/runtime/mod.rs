@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub mod fake;
+pub mod process;
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
