@@ -3,7 +3,8 @@
 # what is already there. Run as root.
 #
 #   build:  gcc, pkg-config, librocksdb-dev (RocksDB is linked, not built),
-#           libclang-dev (bindgen for the RocksDB bindings)
+#           libclang-dev (bindgen for the RocksDB bindings), libseccomp-dev
+#           (libcontainer's seccomp filters)
 #   tests:  etcd-client (etcdctl), etcd-server (to check tests against real
 #           etcd), protobuf-compiler (the etcd-client crate's build needs it),
 #           busybox-static (the test images are built from it, offline),
@@ -11,7 +12,7 @@
 #           (/var/cache/keelson/python), the official Kubernetes Python client
 set -euo pipefail
 
-packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static)
+packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static)
 python_env=${KEELSON_PYTHON_ENV:-/var/cache/keelson/python}
 # The Python client of the Kubernetes version kubectl speaks (1.32).
 python_client=kubernetes==32.0.1

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum RuntimeKind {
+    /// OCI containers through youki's libcontainer (needs root).
+    Libcontainer,
     /// Hollow node: pods "run" without processes (scale tests only).
     Fake,
 }
@@ -29,8 +31,15 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "KEELSON_NODE_IP", default_value = "127.0.0.1")]
     node_ip: String,
     /// The container runtime.
-    #[arg(long, value_enum, default_value = "fake")]
+    #[arg(long, value_enum, default_value = "libcontainer")]
     runtime: RuntimeKind,
+    /// Where the agent keeps images, containers and their logs.
+    #[arg(
+        long,
+        env = "KEELSON_AGENT_DATA_DIR",
+        default_value = "/var/lib/keelson/agent"
+    )]
+    data_dir: PathBuf,
     /// Pods the node takes at most.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
@@ -106,6 +115,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
     match args.runtime {
+        RuntimeKind::Libcontainer => {
+            let images = keelson_nodeagent::images::Store::open(&args.data_dir.join("images"))?;
+            let runtime = Arc::new(
+                keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(
+                    &args.data_dir,
+                    images,
+                )?,
+            );
+            keelson_nodeagent::run(client, runtime, config, shutdown).await?;
+        }
         RuntimeKind::Fake => {
             let runtime = Arc::new(keelson_nodeagent::runtime::fake::FakeRuntime::new());
             keelson_nodeagent::run(client, runtime, config, shutdown).await?;

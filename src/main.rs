@@ -33,9 +33,33 @@ enum Command {
     /// The node's image store: import tarballs, list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Run one container to its end (started by the agent; not for people).
+    #[command(hide = true)]
+    Shim(ShimArgs),
+    /// Hold a pod's namespaces (started by the agent; not for people).
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        hostname: String,
+        /// The sandbox's directory: names the process, for whoever cleans up.
+        #[arg(long)]
+        sandbox: std::path::PathBuf,
+    },
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ShimArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    bundle: std::path::PathBuf,
+    #[arg(long)]
+    state: std::path::PathBuf,
+    #[arg(long)]
+    log: std::path::PathBuf,
 }
 
 fn init_logging() {
@@ -51,6 +75,34 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These fork and clone: they run before any thread exists.
+    match &cli.command {
+        Command::Shim(args) => {
+            let paths = keelson_nodeagent::shim::ShimPaths {
+                id: args.id.clone(),
+                bundle: args.bundle.clone(),
+                state: args.state.clone(),
+                log: args.log.clone(),
+            };
+            return match keelson_nodeagent::shim::run_shim(&paths) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("keelson shim: {}", keelson_control::runtime::chain(&error));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Pause { hostname, .. } => {
+            return match keelson_nodeagent::shim::run_pause(hostname) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("keelson pause: {}", keelson_control::runtime::chain(&error));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,6 +119,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Image(command) => image::run(command),
+            Command::Shim(_) | Command::Pause { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,
         }
     });

@@ -26,6 +26,7 @@ pub mod images;
 pub mod node;
 pub mod pods;
 pub mod runtime;
+pub mod shim;
 
 pub use node::NodeConfig;
 use runtime::Runtime;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub(crate) mod cluster;
+pub(crate) mod images;
 pub(crate) mod nodes;
 
 /// Names the etcd binary to test against instead of Keelson.

@@ -141,6 +141,42 @@ impl<R: Runtime> PodWorkers<R> {
                 ));
             }
         }
+        // What the runtime reports changes without the API knowing (a
+        // container exits): relist every second, and sync the pods whose
+        // containers changed, as the kubelet's PLEG does.
+        let relister = self.clone();
+        let relist_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut seen: std::collections::HashMap<String, String> =
+                std::collections::HashMap::new();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = relist_shutdown.cancelled() => return,
+                }
+                let Ok(sandboxes) = relister.runtime.list().await else {
+                    continue;
+                };
+                let mut now = std::collections::HashMap::new();
+                for sandbox in sandboxes {
+                    let key = format!("{}/{}", sandbox.config.namespace, sandbox.config.name);
+                    let print = format!(
+                        "{}{:?}",
+                        sandbox.ready,
+                        sandbox
+                            .containers
+                            .iter()
+                            .map(|c| (&c.id, &c.run))
+                            .collect::<Vec<_>>()
+                    );
+                    if seen.get(&key) != Some(&print) {
+                        relister.queue.add(key.clone());
+                    }
+                    now.insert(key, print);
+                }
+                seen = now;
+            }
+        });
         let this = self.clone();
         keelson_control::runtime::run_workers(
             "kubelet_pod_worker",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub mod fake;
+pub mod libcontainer;
 pub mod process;
 
 /// Why a runtime operation failed.
@@ -27,7 +28,7 @@ pub enum RuntimeError {
 }
 
 /// What a pod's sandbox is made from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxConfig {
     pub pod_uid: String,
     pub namespace: String,

@@ -1,0 +1,539 @@
+//! Real containers through youki's libcontainer, one shim process per
+//! container (see [`crate::shim`]) and one pause process per pod holding
+//! its network, IPC and UTS namespaces.
+//!
+//! ```text
+//!  DATA_DIR/runtime/sandboxes/<id>/sandbox.json        config, pause pid, created
+//!  DATA_DIR/runtime/containers/<id>/container.json     sandbox, name, attempt, image
+//!                                   bundle/config.json  the OCI runtime spec
+//!                                   bundle/{upper,work,rootfs}  overlay over the image's root filesystem
+//!                                   state/{shim.json,exit.json}  written by the shim
+//!                                   log                 stdout and stderr, CRI format
+//! ```
+//!
+//! Everything the runtime knows is on disk, so a restarted agent finds its
+//! pods and containers as they are.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use libcontainer::oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+
+use super::process::{self, ImageConfig};
+use super::{
+    ContainerConfig, ContainerRun, ContainerState, Runtime, RuntimeError, SandboxConfig,
+    SandboxState,
+};
+use crate::images::{Reference, Store};
+use crate::shim::{Exited, Started};
+
+/// How long a shim or pause process may take to report.
+const STARTUP: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SandboxRecord {
+    config: SandboxConfig,
+    pause_pid: i32,
+    created: DateTime<Utc>,
+    stopped: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ContainerRecord {
+    sandbox: String,
+    name: String,
+    attempt: u32,
+    image: String,
+    image_id: String,
+}
+
+/// The libcontainer runtime of one node.
+#[derive(Debug)]
+pub struct LibcontainerRuntime {
+    root: PathBuf,
+    images: Store,
+    /// This program, run as `shim` and `pause`.
+    binary: PathBuf,
+}
+
+fn failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |error| RuntimeError::Container {
+        container: what,
+        reason: error.to_string(),
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| RuntimeError::Container {
+        container: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, bytes).map_err(failed(path.display().to_string()))
+}
+
+impl LibcontainerRuntime {
+    pub fn new(data_dir: &Path, images: Store) -> Result<Self, RuntimeError> {
+        let root = data_dir.join("runtime");
+        for dir in ["sandboxes", "containers"] {
+            std::fs::create_dir_all(root.join(dir)).map_err(failed(root.display().to_string()))?;
+        }
+        let binary = std::env::current_exe().map_err(failed("this program's path"))?;
+        Ok(Self {
+            root,
+            images,
+            binary,
+        })
+    }
+
+    /// Uses `binary` as the shim and pause program (tests run from a test harness).
+    pub fn with_binary(mut self, binary: PathBuf) -> Self {
+        self.binary = binary;
+        self
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    fn sandbox(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
+        read_json(&self.sandbox_dir(id).join("sandbox.json"))
+            .ok_or_else(|| RuntimeError::NoSandbox(id.to_owned()))
+    }
+
+    fn container_state(&self, id: &str, record: &ContainerRecord) -> ContainerState {
+        let state = self.container_dir(id).join("state");
+        let started: Option<Started> = read_json(&state.join("shim.json"));
+        let exited: Option<Exited> = read_json(&state.join("exit.json"));
+        let run = match (started, exited) {
+            (started, Some(exit)) => ContainerRun::Exited {
+                exit_code: exit.exit_code,
+                reason: exit.reason,
+                started: started.map(|s| s.started),
+                finished: exit.finished,
+            },
+            (Some(started), None) if alive(started.pid) => ContainerRun::Running {
+                started: started.started,
+            },
+            // Its shim vanished without a word (the machine restarted).
+            (Some(started), None) => ContainerRun::Exited {
+                exit_code: 255,
+                reason: "Unknown".into(),
+                started: Some(started.started),
+                finished: Utc::now(),
+            },
+            (None, None) => ContainerRun::Created,
+        };
+        ContainerState {
+            id: id.to_owned(),
+            name: record.name.clone(),
+            attempt: record.attempt,
+            image: record.image.clone(),
+            image_id: record.image_id.clone(),
+            run,
+        }
+    }
+
+    /// The OCI runtime spec of a container in `sandbox`.
+    fn spec(
+        &self,
+        sandbox: &SandboxRecord,
+        config: &ContainerConfig,
+        image: &ImageConfig,
+        rootfs: &Path,
+    ) -> Result<Spec, RuntimeError> {
+        let spec_error = |e: libcontainer::oci_spec::OciSpecError| RuntimeError::Container {
+            container: config.name.clone(),
+            reason: e.to_string(),
+        };
+        let env = process::environment(image, &config.env);
+        let args = process::arguments(image, &config.command, &config.args, &env);
+        if args.is_empty() {
+            return Err(RuntimeError::Container {
+                container: config.name.clone(),
+                reason:
+                    "no command: the image has no entrypoint or cmd, and the container gives none"
+                        .into(),
+            });
+        }
+        let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("HOSTNAME={}", sandbox.config.hostname));
+        let process = ProcessBuilder::default()
+            .args(args)
+            .env(env)
+            .cwd(process::working_dir(image, config.working_dir.as_deref()))
+            .terminal(false)
+            .build()
+            .map_err(spec_error)?;
+        let mut spec = Spec::default();
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(false)
+                .build()
+                .map_err(spec_error)?,
+        ));
+        // The pod's namespaces are the pause process's; pid and mount are the container's own.
+        spec.set_hostname(None);
+        if let Some(linux) = spec.linux_mut() {
+            let joined = |kind: LinuxNamespaceType, name: &str| {
+                let mut ns = LinuxNamespace::default();
+                ns.set_typ(kind);
+                ns.set_path(Some(PathBuf::from(format!(
+                    "/proc/{}/ns/{name}",
+                    sandbox.pause_pid
+                ))));
+                ns
+            };
+            let own = |kind: LinuxNamespaceType| {
+                let mut ns = LinuxNamespace::default();
+                ns.set_typ(kind);
+                ns
+            };
+            linux.set_namespaces(Some(vec![
+                own(LinuxNamespaceType::Pid),
+                own(LinuxNamespaceType::Mount),
+                joined(LinuxNamespaceType::Network, "net"),
+                joined(LinuxNamespaceType::Ipc, "ipc"),
+                joined(LinuxNamespaceType::Uts, "uts"),
+            ]));
+            linux.set_cgroups_path(Some(PathBuf::from(format!(
+                "/keelson/pod{}/{}",
+                sandbox.config.pod_uid, config.name
+            ))));
+        }
+        Ok(spec)
+    }
+
+    /// Mounts the container's overlay: the image's root filesystem below,
+    /// the container's own writable layer above.
+    fn mount_rootfs(&self, bundle: &Path, lower: &Path) -> Result<PathBuf, RuntimeError> {
+        let (upper, work, merged) = (
+            bundle.join("upper"),
+            bundle.join("work"),
+            bundle.join("rootfs"),
+        );
+        for dir in [&upper, &work, &merged] {
+            std::fs::create_dir_all(dir).map_err(failed(dir.display().to_string()))?;
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| RuntimeError::Container {
+            container: bundle.display().to_string(),
+            reason: format!("overlay mount: {e}"),
+        })?;
+        Ok(merged)
+    }
+
+    fn unmount(&self, bundle: &Path) {
+        let merged = bundle.join("rootfs");
+        // Not mounted (a failed start) is fine.
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    }
+
+    /// Waits until `state` has a `shim.json` or `exit.json`.
+    async fn await_start(
+        &self,
+        state: &Path,
+        shim: &mut tokio::process::Child,
+        name: &str,
+    ) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            if state.join("shim.json").is_file() || state.join("exit.json").is_file() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = shim.try_wait() {
+                let mut message = String::new();
+                if let Some(mut stderr) = shim.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    drop(stderr.read_to_string(&mut message).await);
+                }
+                return Err(RuntimeError::Container {
+                    container: name.to_owned(),
+                    reason: format!("the shim exited ({status}): {}", message.trim()),
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(RuntimeError::Container {
+                    container: name.to_owned(),
+                    reason: "the shim did not start it in time".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Runtime for LibcontainerRuntime {
+    fn version(&self) -> String {
+        format!("keelson-libcontainer://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxState, RuntimeError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.sandbox_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(failed(dir.display().to_string()))?;
+        let mut pause = tokio::process::Command::new(&self.binary)
+            .args(["pause", "--hostname", &config.hostname, "--sandbox"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(failed("the pause process"))?;
+        let pid = pause.id().map_or(0, |p| p as i32);
+        let stdout = pause.stdout.take();
+        let ready = async {
+            let mut lines = tokio::io::BufReader::new(stdout?).lines();
+            lines.next_line().await.ok().flatten()
+        };
+        match tokio::time::timeout(STARTUP, ready).await {
+            Ok(Some(line)) if line == "ready" => {}
+            _ => {
+                drop(pause.start_kill());
+                drop(std::fs::remove_dir_all(&dir));
+                return Err(RuntimeError::Container {
+                    container: config.name.clone(),
+                    reason: "the pause process did not start".into(),
+                });
+            }
+        }
+        let record = SandboxRecord {
+            config: config.clone(),
+            pause_pid: pid,
+            created: Utc::now(),
+            stopped: false,
+        };
+        write_json(&dir.join("sandbox.json"), &record)?;
+        Ok(SandboxState {
+            id,
+            config: config.clone(),
+            ready: true,
+            ip: None,
+            created: record.created,
+            containers: Vec::new(),
+        })
+    }
+
+    async fn stop_sandbox(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let mut record = self.sandbox(id)?;
+        for sandbox in self.list().await? {
+            if sandbox.id == id {
+                for container in &sandbox.containers {
+                    self.stop_container(&container.id, grace).await?;
+                }
+            }
+        }
+        // Gone already is fine.
+        let _ = kill(Pid::from_raw(record.pause_pid), Signal::SIGKILL);
+        record.stopped = true;
+        write_json(&self.sandbox_dir(id).join("sandbox.json"), &record)
+    }
+
+    async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        for sandbox in self.list().await? {
+            if sandbox.id == id {
+                for container in &sandbox.containers {
+                    self.remove_container(&container.id).await?;
+                }
+            }
+        }
+        // The pod's cgroups, in every hierarchy (their containers' are gone).
+        if let Ok(record) = self.sandbox(id)
+            && let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup")
+        {
+            for hierarchy in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(
+                    hierarchy
+                        .path()
+                        .join(format!("keelson/pod{}", record.config.pod_uid)),
+                );
+            }
+        }
+        let dir = self.sandbox_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(failed(dir.display().to_string())(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn start_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let sandbox = self.sandbox(sandbox_id)?;
+        let image_error = |reason: String| RuntimeError::Image {
+            image: config.image.clone(),
+            reason,
+        };
+        let reference = Reference::parse(&config.image).map_err(|e| image_error(e.to_string()))?;
+        let image = self
+            .images
+            .get(&reference)
+            .map_err(|e| image_error(e.to_string()))?
+            .ok_or_else(|| {
+                image_error(format!(
+                    "{reference} is not on this node (keelson image import it)"
+                ))
+            })?;
+        let lower = self
+            .images
+            .rootfs(&image)
+            .map_err(|e| image_error(e.to_string()))?;
+        let image_config = self
+            .images
+            .read_blob(&image.config)
+            .ok()
+            .and_then(|b| ImageConfig::from_blob(&b).ok())
+            .unwrap_or_default();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.container_dir(&id);
+        let bundle = dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(failed(bundle.display().to_string()))?;
+        let record = ContainerRecord {
+            sandbox: sandbox_id.to_owned(),
+            name: config.name.clone(),
+            attempt: config.attempt,
+            image: config.image.clone(),
+            image_id: image.manifest.clone(),
+        };
+        write_json(&dir.join("container.json"), &record)?;
+        let rootfs = self.mount_rootfs(&bundle, &lower)?;
+        let spec = self.spec(&sandbox, config, &image_config, &rootfs)?;
+        spec.save(bundle.join("config.json"))
+            .map_err(|e| RuntimeError::Container {
+                container: config.name.clone(),
+                reason: e.to_string(),
+            })?;
+        let state = dir.join("state");
+        let mut shim = tokio::process::Command::new(&self.binary)
+            .arg("shim")
+            .arg("--id")
+            .arg(format!("k-{id}"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg("--state")
+            .arg(&state)
+            .arg("--log")
+            .arg(dir.join("log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(failed("the shim"))?;
+        self.await_start(&state, &mut shim, &config.name).await?;
+        Ok(id)
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let state = self.container_dir(id).join("state");
+        if state.join("exit.json").is_file() {
+            return Ok(());
+        }
+        let Some(started) = read_json::<Started>(&state.join("shim.json")) else {
+            return Ok(());
+        };
+        if !alive(started.pid) {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(started.pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if state.join("exit.json").is_file() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline && !state.join("exit.json").is_file() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_container(id, Duration::ZERO).await?;
+        let dir = self.container_dir(id);
+        self.unmount(&dir.join("bundle"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(failed(dir.display().to_string())(error))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxState>, RuntimeError> {
+        let mut sandboxes = Vec::new();
+        let dirs =
+            std::fs::read_dir(self.root.join("sandboxes")).map_err(failed("the sandboxes"))?;
+        for entry in dirs.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Ok(record) = self.sandbox(&id) else {
+                continue;
+            };
+            sandboxes.push(SandboxState {
+                id,
+                ready: !record.stopped && alive(record.pause_pid),
+                ip: None,
+                created: record.created,
+                config: record.config,
+                containers: Vec::new(),
+            });
+        }
+        let dirs =
+            std::fs::read_dir(self.root.join("containers")).map_err(failed("the containers"))?;
+        for entry in dirs.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Some(record) = read_json::<ContainerRecord>(&entry.path().join("container.json"))
+            else {
+                continue;
+            };
+            let state = self.container_state(&id, &record);
+            if let Some(sandbox) = sandboxes.iter_mut().find(|s| s.id == record.sandbox) {
+                sandbox.containers.push(state);
+            }
+        }
+        Ok(sandboxes)
+    }
+}

@@ -1,0 +1,246 @@
+//! `keelson agent` running real containers through libcontainer (as root,
+//! as CI runs), against a three-member control plane, with an image built
+//! here from Debian's busybox-static and imported from a tarball.
+//!
+//! The node's data directory is a temporary directory; whatever the test
+//! leaves running or mounted under it (shims, containers, pause processes,
+//! overlays) is killed and unmounted when the test ends, pass or fail.
+
+#[allow(dead_code, reason = "uses part of the shared harness")]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Member};
+use common::{Background, spawn_background, wait_until};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+const IMAGE: &str = "keelson.test/busybox:1";
+
+/// A real node: its data directory, and the agent while it runs.
+struct Node {
+    data: tempfile::TempDir,
+    agent: Option<Background>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let data = tempfile::tempdir().expect("the node's data directory");
+        let archive = data.path().join("busybox.tar");
+        common::images::busybox_archive(&archive, IMAGE);
+        let output = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(["image", "import", "--data-dir"])
+            .arg(data.path())
+            .arg(&archive)
+            .output()
+            .expect("run keelson image import");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Node { data, agent: None }
+    }
+
+    fn start(&mut self, member: &Member) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keelson"));
+        command
+            .args([
+                "agent",
+                "--runtime",
+                "libcontainer",
+                "--node-name",
+                "real-1",
+            ])
+            .args(["--node-lease-renew-interval", "1s", "--data-dir"])
+            .arg(self.data.path())
+            .arg("--kubeconfig")
+            .arg(member.kubeconfig());
+        self.agent = Some(spawn_background(command, "keelson agent real-1".into()));
+    }
+
+    /// Kills the agent with SIGKILL (its containers go on).
+    fn kill_agent(&mut self) {
+        drop(self.agent.take());
+    }
+}
+
+/// Processes whose command line mentions `dir`.
+fn processes_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect()
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+        // Shims and pause processes name the data directory; containers
+        // die with their pid namespace's init.
+        for pid in processes_under(self.data.path()) {
+            drop(Command::new("kill").args(["-9", &pid.to_string()]).status());
+        }
+        for mount in mounts_under(self.data.path()) {
+            drop(Command::new("umount").arg("-l").arg(&mount).status());
+        }
+    }
+}
+
+fn phase_and_state(member: &Member, pod: &str) -> String {
+    member.kubectl_ok(&["get", "pod", pod, "-o",
+        "jsonpath={.status.phase} {.status.containerStatuses[0].state} {.status.containerStatuses[0].restartCount}"])
+}
+
+#[test]
+fn pods_run_as_real_containers() {
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    let mut node = Node::new();
+    node.start(m0);
+    wait_until(CONVERGE, "the node to be Ready", || {
+        m0.kubectl_ok(&["get", "nodes"])
+            .lines()
+            .any(|l| l.starts_with("real-1") && l.contains(" Ready "))
+    });
+    let runtime = m0.kubectl_ok(&[
+        "get",
+        "node",
+        "real-1",
+        "-o",
+        "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+    ]);
+    assert!(runtime.starts_with("keelson-libcontainer://"), "{runtime}");
+
+    // A pod that says something and fails: its exit code and output are kept.
+    m0.kubectl_ok(&[
+        "run",
+        "hello",
+        &format!("--image={IMAGE}"),
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo hi from $(hostname); exit 3",
+    ]);
+    wait_until(CONVERGE, "hello to fail with exit code 3", || {
+        let state = phase_and_state(m0, "hello");
+        state.starts_with("Failed ") && state.contains("\"exitCode\":3")
+    });
+    let logs: Vec<PathBuf> = std::fs::read_dir(node.data.path().join("runtime/containers"))
+        .expect("containers")
+        .flatten()
+        .map(|e| e.path().join("log"))
+        .collect();
+    let log = std::fs::read_to_string(&logs[0]).expect("the container's log");
+    assert!(
+        log.contains(" stdout F hi from hello"),
+        "the pod's hostname is its name: {log}"
+    );
+
+    // A crashing container backs off, its restarts counted.
+    m0.kubectl_ok(&[
+        "run",
+        "crasher",
+        &format!("--image={IMAGE}"),
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    wait_until(CONVERGE, "crasher to be in CrashLoopBackOff", || {
+        let state = phase_and_state(m0, "crasher");
+        state.contains("CrashLoopBackOff") && !state.ends_with(" 0")
+    });
+
+    // A long-running pod survives its agent's death untouched.
+    m0.kubectl_ok(&[
+        "run",
+        "sleeper",
+        &format!("--image={IMAGE}"),
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    wait_until(CONVERGE, "sleeper to run", || {
+        phase_and_state(m0, "sleeper").starts_with("Running ")
+    });
+    let id = |m: &Member| {
+        m.kubectl_ok(&[
+            "get",
+            "pod",
+            "sleeper",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ])
+    };
+    let before = id(m0);
+    node.kill_agent();
+    node.start(m0);
+    wait_until(
+        CONVERGE,
+        "the restarted agent to report the node Ready",
+        || {
+            m0.kubectl_ok(&["get", "nodes"])
+                .lines()
+                .any(|l| l.starts_with("real-1") && l.contains(" Ready "))
+        },
+    );
+    // The new agent syncs every pod it finds; once it has finished the
+    // deletion of the others (queued after them), it has seen the sleeper.
+    for pod in ["hello", "crasher"] {
+        m0.kubectl_ok(&["delete", "pod", pod, "--grace-period=1", "--timeout=30s"]);
+    }
+    assert_eq!(id(m0), before, "the same container, not a new one");
+    assert!(
+        phase_and_state(m0, "sleeper").ends_with(" 0"),
+        "never restarted"
+    );
+
+    // Deleting it stops it within its grace period (sleep ignores SIGTERM
+    // as PID 1, so this is the SIGKILL after 2 s), and leaves nothing behind.
+    let started = Instant::now();
+    m0.kubectl_ok(&[
+        "delete",
+        "pod",
+        "sleeper",
+        "--grace-period=2",
+        "--timeout=30s",
+    ]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "deletion took {took:?}");
+    wait_until(
+        CONVERGE,
+        "every container, sandbox and mount to be gone",
+        || {
+            let left = |dir: &str| {
+                std::fs::read_dir(node.data.path().join(dir))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            };
+            left("runtime/containers") == 0
+                && left("runtime/sandboxes") == 0
+                && mounts_under(node.data.path()).is_empty()
+        },
+    );
+}
