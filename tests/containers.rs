@@ -158,6 +158,71 @@ fn pods_run_as_real_containers() {
         "the pod's hostname is its name: {log}"
     );
 
+    // The environment from a ConfigMap, a Secret, the pod and its limits.
+    m0.kubectl_ok(&["create", "configmap", "game", "--from-literal=lives=3"]);
+    m0.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    let manifest = node.data.path().join("envy.json");
+    std::fs::write(&manifest, format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "envy"}},
+        "spec": {{"restartPolicy": "Never", "containers": [{{"name": "envy", "image": "{IMAGE}",
+          "command": ["sh", "-c", "echo $LIVES $PASSWORD $POD_NAME $MEMORY_MI $(GREETING)"],
+          "resources": {{"limits": {{"memory": "64Mi"}}}},
+          "env": [
+            {{"name": "LIVES", "valueFrom": {{"configMapKeyRef": {{"name": "game", "key": "lives"}}}}}},
+            {{"name": "PASSWORD", "valueFrom": {{"secretKeyRef": {{"name": "db", "key": "password"}}}}}},
+            {{"name": "POD_NAME", "valueFrom": {{"fieldRef": {{"fieldPath": "metadata.name"}}}}}},
+            {{"name": "MEMORY_MI", "valueFrom": {{"resourceFieldRef": {{"resource": "limits.memory", "divisor": "1Mi"}}}}}},
+            {{"name": "GREETING", "value": "hello"}}]}}]}}}}"#)).expect("write the manifest");
+    m0.kubectl_ok(&["apply", "-f", manifest.to_str().expect("utf-8")]);
+    wait_until(CONVERGE, "envy to print its environment", || {
+        let state = phase_and_state(m0, "envy");
+        state.starts_with("Succeeded ")
+    });
+    let printed = std::fs::read_dir(node.data.path().join("runtime/containers"))
+        .expect("containers")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("log")).ok())
+        .find(|log| log.contains("s3cret"))
+        .expect("envy's log");
+    assert!(
+        printed.contains(" stdout F 3 s3cret envy 64 hello"),
+        "{printed}"
+    );
+
+    // A missing ConfigMap keeps the container waiting, saying why.
+    m0.kubectl_ok(&["run", "lost", &format!("--image={IMAGE}"), "--overrides",
+        &format!(r#"{{"spec":{{"containers":[{{"name":"lost","image":"{IMAGE}","command":["sleep","60"],
+          "env":[{{"name":"X","valueFrom":{{"configMapKeyRef":{{"name":"nowhere","key":"x"}}}}}}]}}]}}}}"#)]);
+    wait_until(
+        CONVERGE,
+        "lost to wait with CreateContainerConfigError",
+        || phase_and_state(m0, "lost").contains(r#""reason":"CreateContainerConfigError""#),
+    );
+    assert!(phase_and_state(m0, "lost").contains(r#"configmap \"nowhere\" not found"#));
+
+    // A memory hog beyond its limit is OOMKilled.
+    m0.kubectl_ok(&[
+        "run",
+        "hog",
+        &format!("--image={IMAGE}"),
+        "--restart=Never",
+        "--overrides",
+        &format!(
+            r#"{{"spec":{{"containers":[{{"name":"hog","image":"{IMAGE}",
+          "command":["dd","if=/dev/zero","of=/dev/null","bs=256M","count=1"],
+          "resources":{{"limits":{{"memory":"32Mi"}}}}}}]}}}}"#
+        ),
+    ]);
+    wait_until(CONVERGE, "hog to be OOMKilled", || {
+        let state = phase_and_state(m0, "hog");
+        state.starts_with("Failed ") && state.contains(r#""reason":"OOMKilled""#)
+    });
+
     // A crashing container backs off, its restarts counted.
     m0.kubectl_ok(&[
         "run",
@@ -208,7 +273,7 @@ fn pods_run_as_real_containers() {
     );
     // The new agent syncs every pod it finds; once it has finished the
     // deletion of the others (queued after them), it has seen the sleeper.
-    for pod in ["hello", "crasher"] {
+    for pod in ["hello", "crasher", "envy", "lost", "hog"] {
         m0.kubectl_ok(&["delete", "pod", pod, "--grace-period=1", "--timeout=30s"]);
     }
     assert_eq!(id(m0), before, "the same container, not a new one");

@@ -83,11 +83,16 @@ pub async fn run<R: Runtime>(
         shutdown.clone(),
     ));
     let pods = Informer::<Pod>::new(Some(format!("spec.nodeName={}", config.name)));
+    let allocatable = pods::env::Allocatable {
+        milli_cpu: (machine.cpus * 1000).saturating_sub(config.reserved_milli_cpu) as i64,
+        memory: machine.memory.saturating_sub(config.reserved_memory) as i64,
+    };
     let workers = pods::PodWorkers::new(
         client.clone(),
         runtime,
         &pods,
         config.ip.clone(),
+        allocatable,
         shutdown.clone(),
     );
     tasks.spawn(pods.run(client.clone(), shutdown.clone()));

@@ -118,6 +118,32 @@ fn copy_lines(
     })
 }
 
+/// Whether the kernel's OOM killer killed something in the container's
+/// cgroup (cgroup v1 `memory.oom_control`, v2 `memory.events`).
+fn oom_killed(bundle: &Path) -> bool {
+    let Ok(spec) = libcontainer::oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return false;
+    };
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return false;
+    };
+    let relative = path.strip_prefix("/").unwrap_or(&path);
+    let count = |file: PathBuf| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+    };
+    let v1 = Path::new("/sys/fs/cgroup/memory")
+        .join(relative)
+        .join("memory.oom_control");
+    let v2 = Path::new("/sys/fs/cgroup")
+        .join(relative)
+        .join("memory.events");
+    count(v1).or_else(|| count(v2)).is_some_and(|n| n > 0)
+}
+
 /// Runs one container to its end; returns its exit code.
 pub fn run_shim(paths: &ShimPaths) -> Result<i32, ShimError> {
     // A session of its own: the agent's death or a signal to its group
@@ -169,7 +195,13 @@ pub fn run_shim(paths: &ShimPaths) -> Result<i32, ShimError> {
     for reader in readers {
         drop(reader.join());
     }
-    let reason = if exit_code == 0 { "Completed" } else { "Error" };
+    let reason = if oom_killed(&paths.bundle) {
+        "OOMKilled"
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
     write_json(
         &paths.state.join("exit.json"),
         &Exited {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Writes a `docker save` archive of `name` (for example
 /// `keelson.test/busybox:1`) whose one layer holds /bin/busybox and links
-/// to it for `sh`, `sleep`, `echo`, `cat`, `ls`, `hostname`.
+/// to it for `sh`, `sleep`, `echo`, `cat`, `ls`, `hostname`, `dd`.
 pub(crate) fn busybox_archive(path: &Path, name: &str) {
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (Debian's busybox-static; deploy/install-deps.sh installs it)");
@@ -20,7 +20,7 @@ pub(crate) fn busybox_archive(path: &Path, name: &str) {
     layer
         .append_data(&mut header, "bin/busybox", busybox.as_slice())
         .expect("layer");
-    for tool in ["sh", "sleep", "echo", "cat", "ls", "hostname"] {
+    for tool in ["sh", "sleep", "echo", "cat", "ls", "hostname", "dd"] {
         let mut link = tar::Header::new_gnu();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_size(0);

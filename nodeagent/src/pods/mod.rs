@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_control::client::{Client, ClientError, DeleteOptions, Patch};
 use keelson_control::runtime::{Action as Next, Event, Informer, Queue, key_of, split_key};
 use serde_json::json;
@@ -21,6 +21,7 @@ use crate::runtime::{
     ContainerConfig, ContainerRun, Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
 
+pub mod env;
 pub mod plan;
 pub mod status;
 
@@ -56,6 +57,8 @@ pub struct PodWorkers<R> {
     queue: Queue<String>,
     backoff: Mutex<Backoff>,
     host_ip: String,
+    /// What the node has, for `resourceFieldRef`s of unset limits.
+    allocatable: env::Allocatable,
 }
 
 fn sandbox_config(pod: &Pod) -> SandboxConfig {
@@ -72,31 +75,35 @@ fn sandbox_config(pod: &Pod) -> SandboxConfig {
     }
 }
 
-/// The container `name` of `pod`, resolved for the runtime.
-fn container_config(pod: &Pod, name: &str, init: bool, attempt: u32) -> Option<ContainerConfig> {
+/// The container `name` of `pod` (an init container if `init`).
+fn container_of<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a Container> {
     let spec = pod.spec.as_ref()?;
-    let container = if init {
+    if init {
         spec.init_containers
             .iter()
             .flatten()
-            .find(|c| c.name == name)?
+            .find(|c| c.name == name)
     } else {
-        spec.containers.iter().find(|c| c.name == name)?
-    };
-    Some(ContainerConfig {
-        name: name.to_owned(),
+        spec.containers.iter().find(|c| c.name == name)
+    }
+}
+
+/// The container resolved for the runtime, with its environment `env`.
+fn container_config(
+    container: &Container,
+    attempt: u32,
+    env: Vec<(String, String)>,
+) -> ContainerConfig {
+    ContainerConfig {
+        name: container.name.clone(),
         attempt,
         image: container.image.clone().unwrap_or_default(),
         command: container.command.clone().unwrap_or_default(),
         args: container.args.clone().unwrap_or_default(),
-        env: container
-            .env
-            .iter()
-            .flatten()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-            .collect(),
+        env,
         working_dir: container.working_dir.clone(),
-    })
+        resources: crate::runtime::Resources::of(container.resources.as_ref()),
+    }
 }
 
 impl<R: Runtime> PodWorkers<R> {
@@ -105,6 +112,7 @@ impl<R: Runtime> PodWorkers<R> {
         runtime: Arc<R>,
         pods: &Informer<Pod>,
         host_ip: String,
+        allocatable: env::Allocatable,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let workers = Arc::new(Self {
@@ -114,6 +122,7 @@ impl<R: Runtime> PodWorkers<R> {
             queue: Queue::new("kubelet_pod_worker", shutdown),
             backoff: Mutex::new(Backoff::default()),
             host_ip,
+            allocatable,
         });
         let queue = workers.queue.clone();
         pods.on_event(move |event| {
@@ -242,10 +251,19 @@ impl<R: Runtime> PodWorkers<R> {
             if plan.actions.is_empty() {
                 break;
             }
+            let mut blocked = false;
             for action in plan.actions {
-                self.act(&pod, sandbox.as_ref(), action)
+                if let Some(why) = self
+                    .act(&pod, sandbox.as_ref(), action)
                     .await
-                    .map_err(Self::runtime_failed(key))?;
+                    .map_err(Self::runtime_failed(key))?
+                {
+                    waiting.push(why);
+                    blocked = true;
+                }
+            }
+            if blocked {
+                break;
             }
             sandbox = self.sandboxes_of(key).await?.into_iter().next();
         }
@@ -326,12 +344,14 @@ impl<R: Runtime> PodWorkers<R> {
             }))
     }
 
+    /// Carries out one action; `Some` when a container cannot start for a
+    /// reason its status should show (its configuration, its image).
     async fn act(
         &self,
         pod: &Pod,
         sandbox: Option<&SandboxState>,
         action: Action,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Option<plan::Waiting>, RuntimeError> {
         let operation = match &action {
             Action::CreateSandbox => "run_sandbox",
             Action::KillPod { .. } => "stop_sandbox",
@@ -354,11 +374,23 @@ impl<R: Runtime> PodWorkers<R> {
                 init,
                 attempt,
             } => {
-                let (Some(sandbox), Some(config)) =
-                    (sandbox, container_config(pod, &name, init, attempt))
+                let (Some(sandbox), Some(container)) = (sandbox, container_of(pod, &name, init))
                 else {
-                    return Ok(());
+                    return Ok(None);
                 };
+                let retry = Utc::now() + chrono::Duration::seconds(2);
+                let env = match env::resolve(&self.client, pod, container, self.allocatable).await {
+                    Ok(env) => env,
+                    Err(error) => {
+                        return Ok(Some(plan::Waiting {
+                            name,
+                            reason: "CreateContainerConfigError",
+                            message: error.to_string(),
+                            until: retry,
+                        }));
+                    }
+                };
+                let config = container_config(container, attempt, env);
                 if attempt > 0
                     && let Some(ContainerRun::Exited {
                         started, finished, ..
@@ -367,16 +399,24 @@ impl<R: Runtime> PodWorkers<R> {
                     self.backoff()
                         .restarted(&sandbox.config.pod_uid, &name, started, finished);
                 }
-                self.runtime
-                    .start_container(&sandbox.id, &config)
-                    .await
-                    .map(drop)
+                match self.runtime.start_container(&sandbox.id, &config).await {
+                    Err(RuntimeError::Image { image, reason }) => {
+                        metrics::counter!("kubelet_runtime_operations_errors_total", "operation_type" => operation).increment(1);
+                        return Ok(Some(plan::Waiting {
+                            name,
+                            reason: "ErrImagePull",
+                            message: format!("image {image:?}: {reason}"),
+                            until: retry,
+                        }));
+                    }
+                    other => other.map(drop),
+                }
             }
         };
         if outcome.is_err() {
             metrics::counter!("kubelet_runtime_operations_errors_total", "operation_type" => operation).increment(1);
         }
-        outcome
+        outcome.map(|()| None)
     }
 
     /// Pods and containers running on this node, for the kubelet gauges.

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use libcontainer::oci_spec::runtime::{
-    LinuxNamespace, LinuxNamespaceType, ProcessBuilder, RootBuilder, Spec,
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, ProcessBuilder,
+    RootBuilder, Spec,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -224,6 +225,22 @@ impl LibcontainerRuntime {
                 "/keelson/pod{}/{}",
                 sandbox.config.pod_uid, config.name
             ))));
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            let mut cpu = LinuxCpuBuilder::default().shares(config.resources.cpu_shares);
+            if let Some(quota) = config.resources.cpu_quota {
+                cpu = cpu.quota(quota).period(super::CPU_PERIOD);
+            }
+            resources.set_cpu(Some(cpu.build().map_err(spec_error)?));
+            if let Some(limit) = config.resources.memory_limit {
+                // No swap beyond the limit, as the kubelet sets it.
+                let memory = LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .swap(limit)
+                    .build()
+                    .map_err(spec_error)?;
+                resources.set_memory(Some(memory));
+            }
+            linux.set_resources(Some(resources));
         }
         Ok(spec)
     }

@@ -49,6 +49,83 @@ pub struct ContainerConfig {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
+    pub resources: Resources,
+}
+
+/// What the container's cgroup allows it, from its requests and limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Bytes; the kernel kills the container (OOMKilled) beyond them.
+    pub memory_limit: Option<i64>,
+    /// Relative CPU weight, from the CPU request (Kubernetes' 1024 per CPU, at least 2).
+    pub cpu_shares: u64,
+    /// Microseconds of CPU per 100 ms period, from the CPU limit.
+    pub cpu_quota: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_follow_the_kubelet() {
+        let of =
+            |json: serde_json::Value| Resources::of(Some(&serde_json::from_value(json).unwrap()));
+        let r = of(
+            serde_json::json!({"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "64Mi"}}),
+        );
+        assert_eq!(
+            r,
+            Resources {
+                memory_limit: Some(64 << 20),
+                cpu_shares: 256,
+                cpu_quota: Some(50_000)
+            }
+        );
+        assert_eq!(
+            Resources::of(None),
+            Resources {
+                memory_limit: None,
+                cpu_shares: 2,
+                cpu_quota: None
+            }
+        );
+        assert_eq!(
+            of(serde_json::json!({"limits": {"cpu": "1"}})).cpu_shares,
+            1024,
+            "a limit alone requests it"
+        );
+    }
+}
+
+/// The CFS period the CPU quota is measured against, in microseconds.
+pub const CPU_PERIOD: u64 = 100_000;
+
+impl Resources {
+    /// From a container's `resources`, as the kubelet computes them.
+    pub fn of(requirements: Option<&k8s_openapi::api::core::v1::ResourceRequirements>) -> Self {
+        let quantity = |map: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >,
+                        name: &str,
+                        parse: fn(&str) -> Option<i64>| {
+            map.and_then(|m| m.get(name)).and_then(|q| parse(&q.0))
+        };
+        let limits = requirements.and_then(|r| r.limits.as_ref());
+        let requests = requirements.and_then(|r| r.requests.as_ref());
+        let milli = keelson_control::quantity::milli;
+        let cpu_limit = quantity(limits, "cpu", milli);
+        // A limit without a request requests the limit.
+        let cpu_request = quantity(requests, "cpu", milli).or(cpu_limit).unwrap_or(0);
+        Self {
+            memory_limit: quantity(limits, "memory", keelson_control::quantity::value),
+            cpu_shares: ((cpu_request.max(0) as u64) * 1024 / 1000).max(2),
+            cpu_quota: cpu_limit.map(|m| (m * CPU_PERIOD as i64 / 1000).max(1000)),
+        }
+    }
 }
 
 /// What a container is doing.
