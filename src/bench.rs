@@ -10,6 +10,28 @@ pub(crate) enum BenchCommand {
     /// Scheduling throughput: simulated nodes, pods created as fast as the
     /// API takes them, each timed from creation to binding.
     Scheduler(SchedulerBenchArgs),
+    /// Pod startup: pods created onto the cluster's real nodes, each timed
+    /// from creation to Running (the image must be on the nodes).
+    Pods(PodsBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PodsBenchArgs {
+    /// The cluster's admin kubeconfig.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: std::path::PathBuf,
+    /// Pods to start.
+    #[arg(long, default_value_t = 50)]
+    pods: usize,
+    /// Their image (present on the nodes: imagePullPolicy Never).
+    #[arg(long)]
+    image: String,
+    /// Pod creations in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// How long to wait for them all, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +108,33 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Store(args) => store(args).await,
         BenchCommand::Scheduler(args) => scheduler(args).await,
+        BenchCommand::Pods(args) => pods(args).await,
     }
+}
+
+async fn pods(args: PodsBenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use keelson_control::client::{Client, Https, Kubeconfig};
+    let config = Kubeconfig::read(&args.kubeconfig)
+        .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    let client = Client::https(Https::new(&config)?);
+    let bench = keelson_control::bench::PodStartupBench {
+        pods: args.pods,
+        image: args.image,
+        concurrency: args.concurrency,
+        timeout: std::time::Duration::from_secs(args.timeout),
+    };
+    let report = bench.run(&client).await?;
+    println!(
+        "pods  started {} of {} in {:.2} s  create->Running p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        report.bound,
+        report.pods,
+        report.elapsed.as_secs_f64(),
+        report.p50.as_secs_f64() * 1e3,
+        report.p99.as_secs_f64() * 1e3,
+        report.max.as_secs_f64() * 1e3,
+    );
+    Ok(())
 }
 
 async fn scheduler(args: SchedulerBenchArgs) -> anyhow::Result<()> {

@@ -369,3 +369,144 @@ impl SchedulerBench {
         );
     }
 }
+
+/// Pod startup: pods created one after another (`concurrency` in flight)
+/// onto real nodes, each timed from its creation request to the watch
+/// event that shows it Running.
+#[derive(Clone, Debug)]
+pub struct PodStartupBench {
+    pub pods: usize,
+    pub image: String,
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+const STARTUP_NAMESPACE: &str = "bench-startup";
+
+impl PodStartupBench {
+    pub async fn run(&self, client: &Client) -> Result<SchedulerReport, BenchError> {
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(STARTUP_NAMESPACE.into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        match client.create(None, &namespace).await {
+            Ok(_) => {}
+            Err(error) if error.is_already_exists() => {}
+            Err(error) => return Err(failed("create the namespace")(error)),
+        }
+        let listed = client
+            .list::<Pod>(
+                Some(STARTUP_NAMESPACE),
+                &ListParams {
+                    limit: Some(1),
+                    ..ListParams::default()
+                },
+            )
+            .await
+            .map_err(failed("list pods"))?;
+        let events = client
+            .watch::<Pod>(
+                Some(STARTUP_NAMESPACE),
+                &ListParams::default(),
+                &listed.resource_version,
+                3600,
+            )
+            .await
+            .map_err(failed("watch pods"))?;
+        let created: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+        let started = Instant::now();
+        let creations = {
+            let (client, created, pods, concurrency, image) = (
+                client.clone(),
+                created.clone(),
+                self.pods,
+                self.concurrency,
+                self.image.clone(),
+            );
+            tokio::spawn(async move {
+                each(pods, concurrency, |i| {
+                    let (client, created, image) = (client.clone(), created.clone(), image.clone());
+                    async move {
+                        let name = format!("startup-{i}");
+                        let pod: Pod = serde_json::from_value(json!({
+                            "metadata": {"name": name, "namespace": STARTUP_NAMESPACE, "labels": {LABEL: "true"}},
+                            "spec": {"terminationGracePeriodSeconds": 0,
+                                     "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                                                     "command": ["sleep", "3600"]}]},
+                        }))
+                        .map_err(|e| BenchError::Api {
+                            what: "encode a pod".into(),
+                            source: ClientError::Encode { path: name.clone(), source: e },
+                        })?;
+                        created.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Instant::now());
+                        client
+                            .create(Some(STARTUP_NAMESPACE), &pod)
+                            .await
+                            .map(drop)
+                            .map_err(failed(format!("create pod {name}")))
+                    }
+                })
+                .await
+            })
+        };
+        let mut latencies = Vec::with_capacity(self.pods);
+        let mut last = started;
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline, events);
+        while latencies.len() < self.pods {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = &mut deadline => break,
+            };
+            let pod = match event {
+                Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
+                Some(_) => continue,
+                None => break,
+            };
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+                continue;
+            }
+            let name = pod.metadata.name.unwrap_or_default();
+            let Some(at) = created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name)
+            else {
+                continue;
+            };
+            last = Instant::now();
+            latencies.push(last.duration_since(at));
+        }
+        if let Ok(outcome) = creations.await {
+            outcome?;
+        }
+        // Clean up: the agents stop the containers.
+        drop(
+            client
+                .delete::<Namespace>(None, STARTUP_NAMESPACE, &DeleteOptions::default())
+                .await,
+        );
+        if latencies.len() < self.pods {
+            return Err(BenchError::Timeout {
+                bound: latencies.len(),
+                pods: self.pods,
+                timeout: self.timeout,
+            });
+        }
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Ok(SchedulerReport {
+            nodes: 0,
+            pods: self.pods,
+            bound: latencies.len(),
+            elapsed: last.duration_since(started),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: latencies[latencies.len() - 1],
+        })
+    }
+}
