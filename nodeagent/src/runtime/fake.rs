@@ -82,7 +82,15 @@ impl Runtime for FakeRuntime {
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxState, RuntimeError> {
         let mut state = self.lock();
-        let ip = self.next_ip(&mut state);
+        // As a real node waits for its network: no sandbox before the
+        // control plane has given the node its pod CIDR.
+        let ip = self
+            .next_ip(&mut state)
+            .ok_or_else(|| RuntimeError::Container {
+                container: config.name.clone(),
+                reason: "the node has no pod CIDR yet".into(),
+            })?;
+        let ip = Some(ip);
         let sandbox = SandboxState {
             id: new_id(),
             config: config.clone(),
