@@ -15,7 +15,6 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError, DeleteOptions, ListParams, WatchEvent};
@@ -188,127 +187,23 @@ impl SchedulerBench {
         })
         .await?;
         tokio::spawn(renew_leases(client.clone(), names, stop.clone()));
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(NAMESPACE.into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        match client.create(None, &namespace).await {
-            Ok(_) => {}
-            Err(error) if error.is_already_exists() => {}
-            Err(error) => return Err(failed("create the namespace")(error)),
-        }
-        // Watch from now, so every binding is seen.
-        let listed = client
-            .list::<Pod>(
-                Some(NAMESPACE),
-                &ListParams {
-                    limit: Some(1),
-                    ..ListParams::default()
-                },
-            )
-            .await
-            .map_err(failed("list pods"))?;
-        let events = client
-            .watch::<Pod>(
-                Some(NAMESPACE),
-                &ListParams::default(),
-                &listed.resource_version,
-                3600,
-            )
-            .await
-            .map_err(failed("watch pods"))?;
-        let created: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-        let started = Instant::now();
-        let creations = {
-            let (client, created, pods, concurrency) =
-                (client.clone(), created.clone(), self.pods, self.concurrency);
-            tokio::spawn(async move {
-                let limit = Arc::new(Semaphore::new(concurrency));
-                each(pods, concurrency, |i| {
-                    let (client, created, limit) = (client.clone(), created.clone(), limit.clone());
-                    async move {
-                        let _permit = limit.acquire().await;
-                        let name = format!("pod-{i}");
-                        let pod = pod(&name).map_err(|e| BenchError::Api {
-                            what: "encode a pod".into(),
-                            source: ClientError::Encode {
-                                path: name.clone(),
-                                source: e,
-                            },
-                        })?;
-                        created
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name.clone(), Instant::now());
-                        client
-                            .create(Some(NAMESPACE), &pod)
-                            .await
-                            .map(drop)
-                            .map_err(failed(format!("create pod {name}")))
-                    }
-                })
-                .await
-            })
-        };
-        let mut latencies: Vec<Duration> = Vec::with_capacity(self.pods);
-        let mut last = started;
-        let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline, events);
-        while latencies.len() < self.pods {
-            let event = tokio::select! {
-                event = events.next() => event,
-                () = &mut deadline => break,
-            };
-            let pod = match event {
-                Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
-                Some(_) => continue,
-                None => break,
-            };
-            if pod
-                .spec
+        let bound = |pod: &Pod| {
+            pod.spec
                 .as_ref()
                 .and_then(|s| s.node_name.as_ref())
-                .is_none()
-            {
-                continue;
-            }
-            let name = pod.metadata.name.unwrap_or_default();
-            let Some(at) = created
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name)
-            else {
-                continue;
-            };
-            last = Instant::now();
-            latencies.push(last.duration_since(at));
-        }
-        match creations.await {
-            Ok(outcome) => outcome?,
-            Err(error) => tracing::warn!(%error, "the pod creator failed"),
-        }
-        if latencies.len() < self.pods {
-            return Err(BenchError::Timeout {
-                bound: latencies.len(),
-                pods: self.pods,
-                timeout: self.timeout,
-            });
-        }
-        latencies.sort();
-        let at =
-            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        Ok(SchedulerReport {
-            nodes: self.nodes,
-            pods: self.pods,
-            bound: latencies.len(),
-            elapsed: last.duration_since(started),
-            p50: at(0.5),
-            p99: at(0.99),
-            max: latencies[latencies.len() - 1],
-        })
+                .is_some()
+        };
+        let timed = time_pods(
+            client,
+            NAMESPACE,
+            self.pods,
+            self.concurrency,
+            self.timeout,
+            pod,
+            bound,
+        )
+        .await?;
+        Ok(timed.report(self.nodes))
     }
 
     /// Deletes the pods (at once: no agent runs them), the nodes and the namespace.
@@ -385,128 +280,181 @@ const STARTUP_NAMESPACE: &str = "bench-startup";
 
 impl PodStartupBench {
     pub async fn run(&self, client: &Client) -> Result<SchedulerReport, BenchError> {
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(STARTUP_NAMESPACE.into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
+        let image = self.image.clone();
+        let make = move |name: &str| -> Result<Pod, serde_json::Error> {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": STARTUP_NAMESPACE, "labels": {LABEL: "true"}},
+                "spec": {"terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
+                                         "command": ["sleep", "3600"]}]},
+            }))
         };
-        match client.create(None, &namespace).await {
-            Ok(_) => {}
-            Err(error) if error.is_already_exists() => {}
-            Err(error) => return Err(failed("create the namespace")(error)),
-        }
-        let listed = client
-            .list::<Pod>(
-                Some(STARTUP_NAMESPACE),
-                &ListParams {
-                    limit: Some(1),
-                    ..ListParams::default()
-                },
-            )
-            .await
-            .map_err(failed("list pods"))?;
-        let events = client
-            .watch::<Pod>(
-                Some(STARTUP_NAMESPACE),
-                &ListParams::default(),
-                &listed.resource_version,
-                3600,
-            )
-            .await
-            .map_err(failed("watch pods"))?;
-        let created: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
-        let started = Instant::now();
-        let creations = {
-            let (client, created, pods, concurrency, image) = (
-                client.clone(),
-                created.clone(),
-                self.pods,
-                self.concurrency,
-                self.image.clone(),
-            );
-            tokio::spawn(async move {
-                each(pods, concurrency, |i| {
-                    let (client, created, image) = (client.clone(), created.clone(), image.clone());
-                    async move {
-                        let name = format!("startup-{i}");
-                        let pod: Pod = serde_json::from_value(json!({
-                            "metadata": {"name": name, "namespace": STARTUP_NAMESPACE, "labels": {LABEL: "true"}},
-                            "spec": {"terminationGracePeriodSeconds": 0,
-                                     "containers": [{"name": "c", "image": image, "imagePullPolicy": "Never",
-                                                     "command": ["sleep", "3600"]}]},
-                        }))
-                        .map_err(|e| BenchError::Api {
-                            what: "encode a pod".into(),
-                            source: ClientError::Encode { path: name.clone(), source: e },
-                        })?;
-                        created.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Instant::now());
-                        client
-                            .create(Some(STARTUP_NAMESPACE), &pod)
-                            .await
-                            .map(drop)
-                            .map_err(failed(format!("create pod {name}")))
-                    }
-                })
-                .await
-            })
-        };
-        let mut latencies = Vec::with_capacity(self.pods);
-        let mut last = started;
-        let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline, events);
-        while latencies.len() < self.pods {
-            let event = tokio::select! {
-                event = events.next() => event,
-                () = &mut deadline => break,
-            };
-            let pod = match event {
-                Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
-                Some(_) => continue,
-                None => break,
-            };
-            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
-                continue;
-            }
-            let name = pod.metadata.name.unwrap_or_default();
-            let Some(at) = created
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name)
-            else {
-                continue;
-            };
-            last = Instant::now();
-            latencies.push(last.duration_since(at));
-        }
-        if let Ok(outcome) = creations.await {
-            outcome?;
-        }
-        // Clean up: the agents stop the containers.
+        let running =
+            |pod: &Pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let timed = time_pods(
+            client,
+            STARTUP_NAMESPACE,
+            self.pods,
+            self.concurrency,
+            self.timeout,
+            make,
+            running,
+        )
+        .await;
+        // The agents stop the containers once their namespace goes.
         drop(
             client
                 .delete::<Namespace>(None, STARTUP_NAMESPACE, &DeleteOptions::default())
                 .await,
         );
-        if latencies.len() < self.pods {
-            return Err(BenchError::Timeout {
-                bound: latencies.len(),
-                pods: self.pods,
-                timeout: self.timeout,
-            });
-        }
-        latencies.sort();
+        Ok(timed?.report(0))
+    }
+}
+
+/// Latencies of pods from creation to the state a benchmark waits for.
+struct Timed {
+    pods: usize,
+    /// Sorted.
+    latencies: Vec<Duration>,
+    /// From the first creation to the last pod reaching the state.
+    elapsed: Duration,
+}
+
+impl Timed {
+    fn report(self, nodes: usize) -> SchedulerReport {
+        let latencies = self.latencies;
         let at =
             |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        Ok(SchedulerReport {
-            nodes: 0,
+        SchedulerReport {
+            nodes,
             pods: self.pods,
             bound: latencies.len(),
-            elapsed: last.duration_since(started),
+            elapsed: self.elapsed,
             p50: at(0.5),
             p99: at(0.99),
             max: latencies[latencies.len() - 1],
-        })
+        }
     }
+}
+
+/// Creates `count` pods named `pod-N` in `namespace` (made by `make`),
+/// `concurrency` requests at a time, and times each from its creation
+/// request to the first watch event in which `done` holds.
+async fn time_pods<M>(
+    client: &Client,
+    namespace: &'static str,
+    count: usize,
+    concurrency: usize,
+    timeout: Duration,
+    make: M,
+    done: fn(&Pod) -> bool,
+) -> Result<Timed, BenchError>
+where
+    M: Fn(&str) -> Result<Pod, serde_json::Error> + Send + Sync + 'static,
+{
+    let object = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match client.create(None, &object).await {
+        Ok(_) => {}
+        Err(error) if error.is_already_exists() => {}
+        Err(error) => return Err(failed("create the namespace")(error)),
+    }
+    // Watch from now, so every change is seen.
+    let first = ListParams {
+        limit: Some(1),
+        ..ListParams::default()
+    };
+    let listed = client
+        .list::<Pod>(Some(namespace), &first)
+        .await
+        .map_err(failed("list pods"))?;
+    let events = client
+        .watch::<Pod>(
+            Some(namespace),
+            &ListParams::default(),
+            &listed.resource_version,
+            3600,
+        )
+        .await
+        .map_err(failed("watch pods"))?;
+    let created: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let started = Instant::now();
+    let creations = {
+        let (client, created, make) = (client.clone(), created.clone(), Arc::new(make));
+        tokio::spawn(async move {
+            each(count, concurrency, |i| {
+                let (client, created, make) = (client.clone(), created.clone(), make.clone());
+                async move {
+                    let name = format!("pod-{i}");
+                    let pod = make(&name).map_err(|source| BenchError::Api {
+                        what: "encode a pod".into(),
+                        source: ClientError::Encode {
+                            path: name.clone(),
+                            source,
+                        },
+                    })?;
+                    created
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.clone(), Instant::now());
+                    client
+                        .create(Some(namespace), &pod)
+                        .await
+                        .map(drop)
+                        .map_err(failed(format!("create pod {name}")))
+                }
+            })
+            .await
+        })
+    };
+    let mut latencies: Vec<Duration> = Vec::with_capacity(count);
+    let mut last = started;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline, events);
+    while latencies.len() < count {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = &mut deadline => break,
+        };
+        let pod = match event {
+            Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => pod,
+            Some(_) => continue,
+            None => break,
+        };
+        if !done(&pod) {
+            continue;
+        }
+        let name = pod.metadata.name.unwrap_or_default();
+        let Some(at) = created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name)
+        else {
+            continue;
+        };
+        last = Instant::now();
+        latencies.push(last.duration_since(at));
+    }
+    match creations.await {
+        Ok(outcome) => outcome?,
+        Err(error) => tracing::warn!(%error, "the pod creator failed"),
+    }
+    if latencies.len() < count {
+        return Err(BenchError::Timeout {
+            bound: latencies.len(),
+            pods: count,
+            timeout,
+        });
+    }
+    latencies.sort();
+    Ok(Timed {
+        pods: count,
+        latencies,
+        elapsed: last.duration_since(started),
+    })
 }

@@ -218,39 +218,31 @@ pub async fn resolve(
         let value = match &var.value_from {
             None => var.value.clone().unwrap_or_default(),
             Some(from) => {
-                if let Some(r) = &from.config_map_key_ref {
+                let keyed = if let Some(r) = &from.config_map_key_ref {
                     let optional = r.optional == Some(true);
-                    match config_map(client, &namespace, &r.name, optional).await? {
-                        None => continue,
-                        Some(map) => match map.get(&r.key) {
-                            Some(value) => value.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(EnvError::KeyNotFound {
-                                    kind: "ConfigMap",
-                                    namespace,
-                                    name: r.name.clone(),
-                                    key: r.key.clone(),
-                                });
-                            }
-                        },
-                    }
+                    let values = config_map(client, &namespace, &r.name, optional).await?;
+                    Some(("ConfigMap", values, optional, &r.name, &r.key))
                 } else if let Some(r) = &from.secret_key_ref {
                     let optional = r.optional == Some(true);
-                    match secret(client, &namespace, &r.name, optional).await? {
+                    let values = secret(client, &namespace, &r.name, optional).await?;
+                    Some(("Secret", values, optional, &r.name, &r.key))
+                } else {
+                    None
+                };
+                if let Some((kind, values, optional, name, key)) = keyed {
+                    // A missing optional object or key leaves the variable unset.
+                    match values.map(|v| v.get(key).cloned()) {
                         None => continue,
-                        Some(map) => match map.get(&r.key) {
-                            Some(value) => value.clone(),
-                            None if optional => continue,
-                            None => {
-                                return Err(EnvError::KeyNotFound {
-                                    kind: "Secret",
-                                    namespace,
-                                    name: r.name.clone(),
-                                    key: r.key.clone(),
-                                });
-                            }
-                        },
+                        Some(Some(value)) => value,
+                        Some(None) if optional => continue,
+                        Some(None) => {
+                            return Err(EnvError::KeyNotFound {
+                                kind,
+                                namespace,
+                                name: name.clone(),
+                                key: key.clone(),
+                            });
+                        }
                     }
                 } else if let Some(r) = &from.field_ref {
                     field(pod, &r.field_path)?
