@@ -198,11 +198,12 @@ impl Https {
             .to_owned();
         parts.uri = format!("https://{}{path}", self.authority)
             .parse()
-            .map_err(|e| ClientError::Api {
-                code: 400,
-                reason: "BadRequest".into(),
-                message: format!("{path}: {e}"),
-            })?;
+            .map_err(
+                |source: hyper::http::uri::InvalidUri| ClientError::Request {
+                    path: path.clone(),
+                    source: source.into(),
+                },
+            )?;
         let mut sender = self.sender().await?;
         sender.ready().await?;
         let response = sender

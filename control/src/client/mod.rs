@@ -55,6 +55,13 @@ pub enum ClientError {
     },
     #[error("HTTP with the API server")]
     Http(#[from] hyper::Error),
+    /// A request this client could not even build (a path that is not a URI).
+    #[error("cannot make a request for {path}")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper::http::Error,
+    },
     #[error("reading the answer")]
     Body(#[source] axum::Error),
     #[error("the answer to {path} does not decode")]
@@ -277,10 +284,9 @@ impl Client {
         let request = request
             .header(header::ACCEPT, "application/json")
             .body(Body::from(body))
-            .map_err(|e| ClientError::Api {
-                code: 400,
-                reason: "BadRequest".into(),
-                message: format!("{path}: {e}"),
+            .map_err(|source| ClientError::Request {
+                path: path.to_owned(),
+                source,
             })?;
         let response = self.send(request).await?;
         let code = response.status();
@@ -403,10 +409,9 @@ impl Client {
         let request = Request::get(&path)
             .header(header::ACCEPT, "application/json")
             .body(Body::empty())
-            .map_err(|e| ClientError::Api {
-                code: 400,
-                reason: "BadRequest".into(),
-                message: format!("{path}: {e}"),
+            .map_err(|source| ClientError::Request {
+                path: path.to_owned(),
+                source,
             })?;
         let response = self.send(request).await?;
         let code = response.status();
