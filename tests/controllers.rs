@@ -324,28 +324,22 @@ fn deleting_a_deployment_follows_its_propagation_policy() {
         "--wait=false",
     ]);
     wait_until(CONVERGE, "the foreground deletion to finish", || {
-        let finalizers = m0.kubectl_ok(&[
+        let seen = m0.kubectl_ok(&[
             "get",
             "deployment/foreground",
             "--ignore-not-found",
             "-o",
-            "jsonpath={.metadata.finalizers}",
+            "jsonpath={.metadata.name} {.metadata.finalizers}",
         ]);
-        // While it exists, it carries the finalizer that makes it wait.
-        assert!(
-            finalizers.is_empty() || finalizers.contains("foregroundDeletion"),
-            "{finalizers}"
-        );
-        finalizers.is_empty()
-            && m0
-                .kubectl_ok(&[
-                    "get",
-                    "deployment/foreground",
-                    "--ignore-not-found",
-                    "-o",
-                    "name",
-                ])
-                .is_empty()
+        if !seen.is_empty() {
+            // While it exists, it carries the finalizer that makes it wait.
+            assert!(seen.contains("foregroundDeletion"), "{seen}");
+            return false;
+        }
+        // Gone: its dependents went first.
+        assert!(list::<ReplicaSet>(&nodes, &client, "app=foreground").is_empty());
+        assert!(list::<Pod>(&nodes, &client, "app=foreground").is_empty());
+        true
     });
     assert!(list::<ReplicaSet>(&nodes, &client, "app=foreground").is_empty());
     assert!(list::<Pod>(&nodes, &client, "app=foreground").is_empty());
