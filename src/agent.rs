@@ -55,6 +55,60 @@ pub(crate) struct AgentArgs {
     /// How often the node's Lease is renewed (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
     node_lease_renew_interval: Duration,
+    /// The address the agent's HTTPS endpoint (logs, exec, metrics) listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// Its port (0: any free port; the Node reports the one taken).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// The endpoint's certificate (PEM); without it, the agent asks the API
+    /// server for one signed by the cluster CA.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Size a container's log grows to before it is rotated (e.g. 10Mi).
+    #[arg(long, default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container, the current one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
+}
+
+/// The agent's metrics recorder, with the kubelet's buckets.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let startup = [
+        0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
+        300.0, 360.0, 480.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+    ];
+    let operations = [
+        0.005,
+        0.0125,
+        0.03125,
+        0.078125,
+        0.1953125,
+        0.48828125,
+        1.220703125,
+        3.0517578125,
+        7.62939453125,
+        19.073486328125,
+        47.6837158203125,
+        119.20928955078125,
+        298.0232238769531,
+        745.0580596923828,
+    ];
+    let queue: Vec<f64> = (0..10).map(|i| 1e-8 * 10f64.powi(i)).collect();
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("kubelet_pod_start_duration_seconds".into()),
+            &startup,
+        )?
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &operations)?
+        .set_buckets_for_metric(Matcher::Prefix("workqueue_".into()), &queue)?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
 }
 
 /// `cpu=100m,memory=256Mi` → (millicores, bytes).
@@ -102,6 +156,39 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .map(|n| n.trim().to_owned())
             .context("no --node-name, and the host name cannot be read")?,
     };
+    let certificate = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            Some((read(cert)?, read(key)?))
+        }
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind((args.address, args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (--address, --port)",
+                args.address, args.port
+            )
+        })?;
+    let metrics = install_metrics()?;
+    let endpoint = keelson_nodeagent::Endpoint {
+        listener,
+        ca_pem: kubeconfig.ca_pem.clone(),
+        certificate,
+        metrics: Some(Arc::new(move || metrics.render())),
+    };
+    let max_size = keelson_control::quantity::value(&args.container_log_max_size)
+        .filter(|n| *n > 0)
+        .with_context(|| {
+            format!(
+                "--container-log-max-size {:?} is not a size like 10Mi",
+                args.container_log_max_size
+            )
+        })?;
     let config = NodeConfig {
         name,
         ip: args.node_ip,
@@ -111,23 +198,29 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         reserved_memory,
         lease_duration_seconds: args.node_lease_duration_seconds,
         renew_interval: args.node_lease_renew_interval,
+        port: None,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
     match args.runtime {
         RuntimeKind::Libcontainer => {
             let images = keelson_nodeagent::images::Store::open(&args.data_dir.join("images"))?;
+            let rotation = keelson_nodeagent::shim::LogRotation {
+                max_size: max_size as u64,
+                max_files: args.container_log_max_files,
+            };
             let runtime = Arc::new(
                 keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(
                     &args.data_dir,
                     images,
-                )?,
+                )?
+                .with_log_rotation(rotation),
             );
-            keelson_nodeagent::run(client, runtime, config, shutdown).await?;
+            keelson_nodeagent::run(client, runtime, config, Some(endpoint), shutdown).await?;
         }
         RuntimeKind::Fake => {
             let runtime = Arc::new(keelson_nodeagent::runtime::fake::FakeRuntime::new());
-            keelson_nodeagent::run(client, runtime, config, shutdown).await?;
+            keelson_nodeagent::run(client, runtime, config, Some(endpoint), shutdown).await?;
         }
     }
     Ok(())

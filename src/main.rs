@@ -45,6 +45,20 @@ enum Command {
         #[arg(long)]
         sandbox: std::path::PathBuf,
     },
+    /// Run a command in a running container (started by the agent; not for people).
+    #[command(hide = true)]
+    ExecIn {
+        /// The container's state directory (libcontainer's root is under it).
+        #[arg(long)]
+        state: std::path::PathBuf,
+        #[arg(long)]
+        id: String,
+        /// Standard input is a terminal: make it the command's controlling terminal.
+        #[arg(long)]
+        tty: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -60,6 +74,12 @@ struct ShimArgs {
     state: std::path::PathBuf,
     #[arg(long)]
     log: std::path::PathBuf,
+    /// Bytes a log file grows to before it is rotated.
+    #[arg(long, default_value_t = keelson_nodeagent::shim::LogRotation::default().max_size)]
+    log_max_size: u64,
+    /// Log files kept, the current one included.
+    #[arg(long, default_value_t = keelson_nodeagent::shim::LogRotation::default().max_files)]
+    log_max_files: u32,
 }
 
 fn init_logging() {
@@ -83,6 +103,10 @@ fn main() -> ExitCode {
                 bundle: args.bundle.clone(),
                 state: args.state.clone(),
                 log: args.log.clone(),
+                rotation: keelson_nodeagent::shim::LogRotation {
+                    max_size: args.log_max_size,
+                    max_files: args.log_max_files,
+                },
             };
             return match keelson_nodeagent::shim::run_shim(&paths) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -98,6 +122,20 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("keelson pause: {}", keelson_control::runtime::chain(&error));
                     ExitCode::FAILURE
+                }
+            };
+        }
+        Command::ExecIn {
+            state,
+            id,
+            tty,
+            command,
+        } => {
+            return match keelson_nodeagent::shim::run_exec(state, id, command, *tty) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+                Err(error) => {
+                    eprintln!("keelson exec: {}", keelson_control::runtime::chain(&error));
+                    ExitCode::from(126)
                 }
             };
         }
@@ -119,7 +157,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Image(command) => image::run(command),
-            Command::Shim(_) | Command::Pause { .. } => Ok(()),
+            Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,
         }
     });

@@ -27,7 +27,7 @@ fn hollow_agent(member: &Member, name: &str) -> Background {
             "--node-ip",
             "192.0.2.10",
         ])
-        .args(["--node-lease-renew-interval", "500ms"])
+        .args(["--node-lease-renew-interval", "500ms", "--port", "0"])
         .arg("--kubeconfig")
         .arg(member.kubeconfig());
     spawn_background(command, format!("keelson agent {name}"))

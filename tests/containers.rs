@@ -54,11 +54,27 @@ impl Node {
                 "--node-name",
                 "real-1",
             ])
-            .args(["--node-lease-renew-interval", "1s", "--data-dir"])
+            .args([
+                "--node-lease-renew-interval",
+                "1s",
+                "--port",
+                "0",
+                "--data-dir",
+            ])
             .arg(self.data.path())
             .arg("--kubeconfig")
             .arg(member.kubeconfig());
         self.agent = Some(spawn_background(command, "keelson agent real-1".into()));
+    }
+
+    /// Waits until the control plane sees the node Ready.
+    fn wait_ready(&self, member: &Member) {
+        wait_until(CONVERGE, "the node to be Ready", || {
+            member
+                .kubectl_ok(&["get", "nodes"])
+                .lines()
+                .any(|l| l.starts_with("real-1") && l.contains(" Ready "))
+        });
     }
 
     /// Kills the agent with SIGKILL (its containers go on).
@@ -118,11 +134,7 @@ fn pods_run_as_real_containers() {
     let m0 = plane.member(0);
     let mut node = Node::new();
     node.start(m0);
-    wait_until(CONVERGE, "the node to be Ready", || {
-        m0.kubectl_ok(&["get", "nodes"])
-            .lines()
-            .any(|l| l.starts_with("real-1") && l.contains(" Ready "))
-    });
+    node.wait_ready(m0);
     let runtime = m0.kubectl_ok(&[
         "get",
         "node",
@@ -262,15 +274,7 @@ fn pods_run_as_real_containers() {
     let before = id(m0);
     node.kill_agent();
     node.start(m0);
-    wait_until(
-        CONVERGE,
-        "the restarted agent to report the node Ready",
-        || {
-            m0.kubectl_ok(&["get", "nodes"])
-                .lines()
-                .any(|l| l.starts_with("real-1") && l.contains(" Ready "))
-        },
-    );
+    node.wait_ready(m0);
     // The new agent syncs every pod it finds; once it has finished the
     // deletion of the others (queued after them), it has seen the sleeper.
     for pod in ["hello", "crasher", "envy", "lost", "hog"] {
@@ -308,4 +312,182 @@ fn pods_run_as_real_containers() {
                 && mounts_under(node.data.path()).is_empty()
         },
     );
+}
+
+/// Lines of a child's stdout, read on a thread, so a test can wait for
+/// them with a deadline.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+#[test]
+fn kubectl_logs_and_exec_reach_the_containers() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    let mut node = Node::new();
+    node.start(m0);
+    node.wait_ready(m0);
+    m0.kubectl_ok(&[
+        "run",
+        "talker",
+        &format!("--image={IMAGE}"),
+        "--",
+        "sh",
+        "-c",
+        "echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done",
+    ]);
+    wait_until(CONVERGE, "talker to say a few things", || {
+        m0.kubectl(&["logs", "talker"])
+            .stdout
+            .starts_with(b"started\ntick 1\ntick 2\n")
+    });
+
+    // What was written: the tail, with timestamps, cut at a byte limit.
+    let tail = m0.kubectl_ok(&["logs", "talker", "--tail=2"]);
+    let ticks: Vec<u64> = tail
+        .lines()
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .expect("a tick")
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    assert!(ticks.len() == 2 && ticks[1] == ticks[0] + 1, "{tail}");
+    let stamped = m0.kubectl_ok(&["logs", "talker", "--timestamps", "--tail=1"]);
+    let (stamp, text) = stamped.split_once(' ').expect("a time, then the line");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok() && text.starts_with("tick "),
+        "{stamped}"
+    );
+    assert_eq!(
+        m0.kubectl_ok(&["logs", "talker", "--limit-bytes=4"]),
+        "star"
+    );
+
+    // Following: lines written after the request arrive as they are written.
+    let mut follower = m0
+        .kubectl_command(&["logs", "-f", "talker"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let lines = lines_of(follower.stdout.take().expect("stdout"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut newest = 0;
+    while newest <= ticks[1] + 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no new line while following; last tick {newest}"));
+        if let Some(n) = line.strip_prefix("tick ").and_then(|n| n.parse().ok()) {
+            newest = n;
+        }
+    }
+    drop(follower.kill());
+    drop(follower.wait());
+
+    // exec: output, errors and the exit code come back.
+    assert!(
+        m0.kubectl_ok(&["exec", "talker", "--", "ls", "/"])
+            .contains("bin")
+    );
+    assert_eq!(
+        m0.kubectl_ok(&["exec", "talker", "--", "hostname"]),
+        "talker\n"
+    );
+    let failed = m0.kubectl(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(failed.status.code(), Some(3), "{failed:?}");
+    assert_eq!(String::from_utf8_lossy(&failed.stdout), "out\n");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("err") && stderr.contains("command terminated with exit code 3"),
+        "{stderr}"
+    );
+    // Standard input reaches the command, and its end ends it.
+    let mut cat = m0
+        .kubectl_command(&["exec", "-i", "talker", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    cat.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through stdin\n")
+        .expect("write");
+    let output = cat.wait_with_output().expect("kubectl exec -i");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "through stdin\n");
+    // With a terminal (kubectl needs one of its own: `script` gives it a pty).
+    let kubectl = "kubectl --request-timeout=20s exec -it talker -- \
+                   sh -c '[ -t 0 ] && [ -t 1 ] && echo on a terminal'";
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", kubectl, "/dev/null"])
+        .env("KUBECONFIG", m0.kubeconfig())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(text.contains("on a terminal"), "{text}");
+
+    // --previous: the run before the current one.
+    m0.kubectl_ok(&[
+        "run",
+        "crashy",
+        &format!("--image={IMAGE}"),
+        "--",
+        "sh",
+        "-c",
+        "echo crashed once; exit 1",
+    ]);
+    wait_until(CONVERGE, "crashy to restart", || {
+        m0.kubectl_ok(&[
+            "get",
+            "pod",
+            "crashy",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ]) != "0"
+    });
+    assert_eq!(
+        m0.kubectl_ok(&["logs", "crashy", "--previous"]),
+        "crashed once\n"
+    );
+    assert_eq!(m0.kubectl_ok(&["logs", "crashy"]), "crashed once\n");
+
+    // Wrong requests get Kubernetes' answers.
+    let err = m0.kubectl_err(&["logs", "talker", "--previous"]);
+    assert!(
+        err.contains(r#"previous terminated container "talker" in pod "talker" not found"#),
+        "{err}"
+    );
+    let err = m0.kubectl_err(&["logs", "talker", "-c", "other"]);
+    assert!(
+        err.contains("container other is not valid for pod talker"),
+        "{err}"
+    );
+    let err = m0.kubectl_err(&["logs", "nosuch"]);
+    assert!(err.contains(r#"pods "nosuch" not found"#), "{err}");
 }

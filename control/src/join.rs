@@ -143,6 +143,53 @@ impl Bootstrap {
     }
 }
 
+impl Bootstrap {
+    /// Answers a node agent's request for the certificate its own HTTPS
+    /// endpoint serves (`{"node": NAME, "hosts": [ADDRESS, …]}`), as the
+    /// kubelet's serving certificate is signed by the cluster: the API
+    /// server verifies it when it proxies logs and exec.
+    pub fn serving_certificate(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let request: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        let node = request["node"].as_str().unwrap_or_default();
+        if !crate::object::is_dns_subdomain(node) {
+            return Err(ApiError::bad_request(format!(
+                "node {node:?} must be a lowercase RFC 1123 subdomain"
+            )));
+        }
+        let hosts: Vec<String> = request["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(str::to_owned))
+            .collect();
+        if hosts.is_empty() {
+            return Err(ApiError::bad_request(
+                "hosts: at least one address or name the certificate is for",
+            ));
+        }
+        let issued = self
+            .ca
+            .issue_serving(&format!("system:node:{node}"), &hosts)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(json!({
+            "ca": self.ca.cert_pem,
+            "certificate": issued.cert_pem,
+            "key": issued.key_pem,
+        }))
+    }
+
+    /// The API server's client certificate towards node agents (as
+    /// kube-apiserver's `--kubelet-client-certificate`), and the CA.
+    pub fn kubelet_client(&self) -> Result<(String, crate::pki::Issued), crate::pki::PkiError> {
+        let issued = self
+            .ca
+            .issue_client("kube-apiserver-kubelet-client", &["system:masters"])?;
+        Ok((self.ca.cert_pem.clone(), issued))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

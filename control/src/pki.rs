@@ -133,10 +133,16 @@ impl ClusterCa {
 
     /// A serving certificate for `hosts` (IP addresses or DNS names).
     pub fn issue_server(&self, hosts: &[String]) -> Result<Issued> {
+        self.issue_serving("kube-apiserver", hosts)
+    }
+
+    /// A serving certificate named `common_name` for `hosts` (IP addresses
+    /// or DNS names): the API server's, or a node agent's.
+    pub fn issue_serving(&self, common_name: &str, hosts: &[String]) -> Result<Issued> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
+            .push(DnType::CommonName, common_name);
         for host in hosts {
             let bad = || PkiError::BadHost { host: host.clone() };
             let san = match host.parse::<IpAddr>() {

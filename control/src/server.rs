@@ -316,7 +316,7 @@ pub async fn run(
                 },
             );
             let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             tokio::pin!(connection);
             tokio::select! {
                 outcome = connection.as_mut() => {

@@ -23,9 +23,11 @@ use keelson_control::runtime::Informer;
 use tokio_util::sync::CancellationToken;
 
 pub mod images;
+pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod runtime;
+pub mod server;
 pub mod shim;
 
 pub use node::NodeConfig;
@@ -40,33 +42,52 @@ pub enum AgentError {
         #[source]
         source: ClientError,
     },
+    #[error("cannot get a serving certificate for node {node}")]
+    Certificate {
+        node: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the serving certificate the API server issued is unusable")]
+    Endpoint(#[from] server::ServerError),
     #[error("stopped before the node was registered")]
     Stopped,
 }
 
-/// Runs the agent until `shutdown`.
-pub async fn run<R: Runtime>(
-    client: Client,
-    runtime: Arc<R>,
-    config: NodeConfig,
-    shutdown: CancellationToken,
-) -> Result<(), AgentError> {
-    let machine = node::Machine::read();
-    let object = node::node_object(&config, &machine, &runtime.version());
-    // The control plane may still be starting: keep trying.
+/// The agent's own HTTPS endpoint (see [`server`]).
+pub struct Endpoint {
+    /// Bound already: its port goes into the Node's `daemonEndpoints`.
+    pub listener: tokio::net::TcpListener,
+    /// The cluster CA, which signs the API server's client certificate.
+    pub ca_pem: String,
+    /// Certificate and key to serve (PEM); `None`: ask the API server for
+    /// one signed by the cluster CA, for the node's address and name.
+    pub certificate: Option<(String, String)>,
+    pub metrics: Option<server::MetricsRender>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries `attempt` while the control plane is unreachable or starting
+/// (no answer, or 503), with a growing delay; other errors end it.
+async fn retry<T>(
+    shutdown: &CancellationToken,
+    mut attempt: impl AsyncFnMut() -> Result<T, ClientError>,
+) -> Result<Result<T, ClientError>, AgentError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match node::register(&client, &object).await {
-            Ok(_) => break,
+        match attempt().await {
+            Ok(value) => return Ok(Ok(value)),
             Err(error) if error.code().is_none() || error.code() == Some(503) => {
                 tracing::info!(%error, "control plane not reachable yet; retrying");
             }
-            Err(source) => {
-                return Err(AgentError::Register {
-                    node: config.name.clone(),
-                    source,
-                });
-            }
+            Err(error) => return Ok(Err(error)),
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -74,15 +95,81 @@ pub async fn run<R: Runtime>(
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-    tracing::info!(node = %config.name, "registered the node");
+}
+
+/// A serving certificate for the node, issued by the cluster CA.
+async fn serving_certificate(
+    client: &Client,
+    config: &NodeConfig,
+    shutdown: &CancellationToken,
+) -> Result<(String, String), AgentError> {
+    let body = serde_json::json!({"node": config.name, "hosts": [config.ip, config.name]});
+    let answer = retry(shutdown, async || {
+        client
+            .request(
+                hyper::Method::POST,
+                "/keelson/v1/serving-certificate",
+                "application/json",
+                body.to_string().into_bytes(),
+            )
+            .await
+    })
+    .await?
+    .map_err(|source| AgentError::Certificate {
+        node: config.name.clone(),
+        source,
+    })?;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    match (answer["certificate"].as_str(), answer["key"].as_str()) {
+        (Some(cert), Some(key)) => Ok((cert.to_owned(), key.to_owned())),
+        _ => Err(AgentError::Endpoint(server::ServerError::Pem(
+            "serving certificate the API server sent",
+        ))),
+    }
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run<R: Runtime>(
+    client: Client,
+    runtime: Arc<R>,
+    mut config: NodeConfig,
+    endpoint: Option<Endpoint>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let mut tasks = tokio::task::JoinSet::new();
+    let pods = Informer::<Pod>::new(Some(format!("spec.nodeName={}", config.name)));
+    if let Some(endpoint) = endpoint {
+        let (cert, key) = match endpoint.certificate {
+            Some(given) => given,
+            None => serving_certificate(&client, &config, &shutdown).await?,
+        };
+        let tls = server::tls_config(&endpoint.ca_pem, &cert, &key)?;
+        config.port = endpoint.listener.local_addr().ok().map(|a| a.port());
+        let server = server::AgentServer::new(
+            runtime.clone(),
+            pods.clone(),
+            config.name.clone(),
+            endpoint.metrics,
+        );
+        tracing::info!(node = %config.name, port = ?config.port, "serving the agent endpoint");
+        tasks.spawn(server.serve(endpoint.listener, tls, shutdown.clone()));
+    }
+    let machine = node::Machine::read();
+    let object = node::node_object(&config, &machine, &runtime.version());
+    // The control plane may still be starting: keep trying.
+    retry(&shutdown, async || node::register(&client, &object).await)
+        .await?
+        .map_err(|source| AgentError::Register {
+            node: config.name.clone(),
+            source,
+        })?;
+    tracing::info!(node = %config.name, "registered the node");
     tasks.spawn(node::heartbeat(
         client.clone(),
         config.clone(),
         runtime.clone(),
         shutdown.clone(),
     ));
-    let pods = Informer::<Pod>::new(Some(format!("spec.nodeName={}", config.name)));
     let allocatable = pods::env::Allocatable {
         milli_cpu: (machine.cpus * 1000).saturating_sub(config.reserved_milli_cpu) as i64,
         memory: machine.memory.saturating_sub(config.reserved_memory) as i64,

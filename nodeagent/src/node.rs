@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     pub lease_duration_seconds: i32,
     /// How often the Lease is renewed (Kubernetes: 10 s).
     pub renew_interval: Duration,
+    /// The port of the agent's HTTPS endpoint, when it serves one.
+    pub port: Option<u16>,
 }
 
 /// What the machine has.
@@ -204,6 +207,11 @@ pub fn node_object(config: &NodeConfig, machine: &Machine, runtime_version: &str
                     address: config.name.clone(),
                 },
             ]),
+            daemon_endpoints: config.port.map(|port| NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(port),
+                }),
+            }),
             node_info: Some(NodeSystemInfo {
                 architecture: architecture().into(),
                 boot_id: machine.boot_id.clone(),

@@ -74,6 +74,7 @@ pub struct ShimPaths {
     /// libcontainer's state root, and where shim.json and exit.json go.
     pub state: PathBuf,
     pub log: PathBuf,
+    pub rotation: LogRotation,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ShimError> {
@@ -87,12 +88,92 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ShimError> {
     std::fs::rename(&temporary, path).map_err(io("rename", path))
 }
 
+/// The container's log file, rotated by size as the kubelet rotates them
+/// (`containerLogMaxSize`, `containerLogMaxFiles`): LOG is moved to LOG.1,
+/// LOG.1 to LOG.2, …, the oldest dropped, and a new LOG begun.
+#[derive(Debug)]
+struct LogFile {
+    file: std::fs::File,
+    path: PathBuf,
+    size: u64,
+    rotation: LogRotation,
+}
+
+/// When and how far logs rotate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Bytes a log file grows to before it is rotated.
+    pub max_size: u64,
+    /// Files kept per container, the current one included (at least 2).
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+impl LogFile {
+    fn open(path: &Path, rotation: LogRotation) -> Result<Self, ShimError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io("open", path))?;
+        let size = file.metadata().map_or(0, |m| m.len());
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            size,
+            rotation,
+        })
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.file.write_all(bytes).is_ok() {
+            self.size += bytes.len() as u64;
+        }
+        if self.size >= self.rotation.max_size {
+            self.rotate();
+        }
+    }
+
+    fn rotate(&mut self) {
+        let keep = self.rotation.max_files.max(2) - 1;
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        if std::fs::rename(&self.path, self.rotated(1)).is_err() {
+            return;
+        }
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
+            self.file = file;
+            self.size = 0;
+        }
+    }
+}
+
 /// Copies `stream`'s lines into the log in the CRI format:
 /// `2016-10-06T00:17:09.669794202Z stdout F text`.
 fn copy_lines(
     stream: OwnedFd,
     name: &'static str,
-    log: Arc<Mutex<std::fs::File>>,
+    log: Arc<Mutex<LogFile>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(std::fs::File::from(stream));
@@ -108,10 +189,10 @@ fn copy_lines(
                     }
                     let stamp = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
                     let tag = if full { "F" } else { "P" };
-                    let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = write!(file, "{stamp} {name} {tag} ");
-                    let _ = file.write_all(&line);
-                    let _ = file.write_all(b"\n");
+                    let mut entry = format!("{stamp} {name} {tag} ").into_bytes();
+                    entry.extend_from_slice(&line);
+                    entry.push(b'\n');
+                    log.lock().unwrap_or_else(|p| p.into_inner()).write(&entry);
                 }
             }
         }
@@ -151,11 +232,7 @@ pub fn run_shim(paths: &ShimPaths) -> Result<i32, ShimError> {
     // Already a session leader is fine too.
     let _ = nix::unistd::setsid();
     std::fs::create_dir_all(&paths.state).map_err(io("create", &paths.state))?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.log)
-        .map_err(io("open", &paths.log))?;
+    let log = LogFile::open(&paths.log, paths.rotation)?;
     let (out_read, out_write) = nix::unistd::pipe()?;
     let (err_read, err_write) = nix::unistd::pipe()?;
     let mut container = ContainerBuilder::new(paths.id.clone(), SyscallType::default())
@@ -238,4 +315,61 @@ pub fn run_pause(hostname: &str) -> Result<(), ShimError> {
     loop {
         nix::unistd::pause();
     }
+}
+
+/// Runs `command` inside a running container and returns its exit code
+/// (`128 + signal` when a signal ended it, 126 when it could not start,
+/// 127 when it does not exist). The command inherits this process's
+/// standard streams; with `tty`, standard input is a terminal that becomes
+/// the command's controlling terminal.
+///
+/// libcontainer makes the process a child of the caller, which reaps it:
+/// like the shim, this runs before any thread exists.
+pub fn run_exec(state: &Path, id: &str, command: &[String], tty: bool) -> Result<i32, ShimError> {
+    // A session of its own, whose controlling terminal is the pty.
+    let _ = nix::unistd::setsid();
+    if tty {
+        set_controlling_terminal()?;
+    }
+    let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state.join("libcontainer"))
+        .map(|b| {
+            b.as_tenant()
+                .with_container_args(command.to_vec())
+                .with_detach(false)
+                .build()
+        });
+    let pid = match built {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(error)) | Err(error) => {
+            let text = keelson_control::runtime::chain(&error);
+            let missing = text.contains("No such file") || text.contains("not found");
+            eprintln!(
+                "exec failed: unable to start {:?} in the container: {text}",
+                command.first().map_or("", String::as_str)
+            );
+            return Ok(if missing { 127 } else { 126 });
+        }
+    };
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Makes standard input (a pty) this session's controlling terminal: a
+/// session leader without one acquires the first terminal it opens.
+fn set_controlling_terminal() -> Result<(), ShimError> {
+    let path = Path::new("/proc/self/fd/0");
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("open the terminal", path))?;
+    drop(terminal);
+    Ok(())
 }

@@ -33,10 +33,12 @@ use crate::storage::{Store, Stored, Written};
 use crate::table;
 use crate::{defaults, validation};
 
+mod proxy;
 mod request;
 mod shape;
 mod watch;
 
+pub use request::decode_component;
 use request::{Query, Validation, decode_continue, encode_continue};
 use shape::{defaults_on_create, job_selector, normalize, scale_of, set_condition};
 
@@ -79,6 +81,8 @@ pub struct Api {
     /// What pods tolerate of their node's failures unless they say.
     tolerations: defaults::DefaultTolerations,
     metrics: Option<MetricsRender>,
+    /// TLS towards node agents (logs, exec).
+    nodes: Option<proxy::NodeConnector>,
 }
 
 /// Where a request points.
@@ -204,7 +208,15 @@ impl Api {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let nodes = match bootstrap.kubelet_client() {
+            Ok((ca, client)) => proxy::NodeConnector::new(&ca, &client.cert_pem, &client.key_pem),
+            Err(error) => {
+                tracing::warn!(%error, "no client certificate for node agents: no logs or exec");
+                None
+            }
+        };
         Arc::new(Self {
+            nodes,
             store,
             codec: Codec { sealer },
             bootstrap,
@@ -313,6 +325,16 @@ impl Api {
                 };
                 (answer, "POST", String::new())
             }
+            (&Method::POST, "/keelson/v1/serving-certificate") if authenticated => {
+                let answer = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
+                    Ok(body) => self
+                        .bootstrap
+                        .serving_certificate(&body)
+                        .map(|a| json_response(StatusCode::OK, &a)),
+                    Err(_) => Err(ApiError::too_large(64 * 1024)),
+                };
+                (answer, "POST", String::new())
+            }
             _ if authenticated => self.route(request).await,
             _ => (Err(ApiError::unauthorized()), "OTHER", String::new()),
         };
@@ -388,6 +410,21 @@ impl Api {
         let Some(target) = target else {
             return (Err(ApiError::no_such_path()), "OTHER", String::new());
         };
+        if target.resource.plural == "pods" && target.name.is_some() {
+            match target.subresource.as_deref() {
+                Some("log") if request.method() == Method::GET => {
+                    return (self.pod_logs(&target, request).await, "GET", "pods".into());
+                }
+                Some("exec") if matches!(*request.method(), Method::GET | Method::POST) => {
+                    return (
+                        self.pod_exec(&target, request).await,
+                        "CONNECT",
+                        "pods".into(),
+                    );
+                }
+                _ => {}
+            }
+        }
         let query = Query::parse(request.uri().query());
         let watch = query.flag("watch");
         let verb = verb(request.method(), Some(&target), watch);

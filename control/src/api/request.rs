@@ -57,7 +57,8 @@ impl Query {
     }
 }
 
-pub(super) fn decode_component(text: &str) -> String {
+/// A URL query component, decoded (`+` is a space, `%XX` a byte).
+pub fn decode_component(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -195,4 +195,20 @@ impl Runtime for FakeRuntime {
     async fn list(&self) -> Result<Vec<SandboxState>, RuntimeError> {
         Ok(self.lock().sandboxes.values().cloned().collect())
     }
+
+    fn exec_command(
+        &self,
+        id: &str,
+        _command: &[String],
+        _tty: bool,
+    ) -> Result<tokio::process::Command, RuntimeError> {
+        Err(RuntimeError::Container {
+            container: id.to_owned(),
+            reason: "this is a hollow node: its containers have no processes to exec into".into(),
+        })
+    }
+
+    fn log_path(&self, _id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }

@@ -34,7 +34,7 @@ use super::{
     SandboxState,
 };
 use crate::images::{Reference, Store};
-use crate::shim::{Exited, Started};
+use crate::shim::{Exited, LogRotation, Started};
 
 /// How long a shim or pause process may take to report.
 const STARTUP: Duration = Duration::from_secs(10);
@@ -63,6 +63,7 @@ pub struct LibcontainerRuntime {
     images: Store,
     /// This program, run as `shim` and `pause`.
     binary: PathBuf,
+    log_rotation: LogRotation,
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -102,7 +103,14 @@ impl LibcontainerRuntime {
             root,
             images,
             binary,
+            log_rotation: LogRotation::default(),
         })
+    }
+
+    /// Rotates container logs as `rotation` says.
+    pub fn with_log_rotation(mut self, rotation: LogRotation) -> Self {
+        self.log_rotation = rotation;
+        self
     }
 
     /// Uses `binary` as the shim and pause program (tests run from a test harness).
@@ -471,6 +479,10 @@ impl Runtime for LibcontainerRuntime {
             .arg(&state)
             .arg("--log")
             .arg(dir.join("log"))
+            .arg("--log-max-size")
+            .arg(self.log_rotation.max_size.to_string())
+            .arg("--log-max-files")
+            .arg(self.log_rotation.max_files.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -518,6 +530,39 @@ impl Runtime for LibcontainerRuntime {
             }
             _ => Ok(()),
         }
+    }
+
+    fn exec_command(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<tokio::process::Command, RuntimeError> {
+        let state = self.container_dir(id).join("state");
+        let running = !state.join("exit.json").exists()
+            && read_json::<Started>(&state.join("shim.json")).is_some_and(|s| alive(s.pid));
+        if !running {
+            return Err(RuntimeError::Container {
+                container: id.to_owned(),
+                reason: "the container is not running".into(),
+            });
+        }
+        let mut process = tokio::process::Command::new(&self.binary);
+        process
+            .arg("exec-in")
+            .arg("--state")
+            .arg(&state)
+            .arg("--id")
+            .arg(format!("k-{id}"));
+        if tty {
+            process.arg("--tty");
+        }
+        process.arg("--").args(command).kill_on_drop(true);
+        Ok(process)
+    }
+
+    fn log_path(&self, id: &str) -> Option<PathBuf> {
+        Some(self.container_dir(id).join("log"))
     }
 
     async fn list(&self) -> Result<Vec<SandboxState>, RuntimeError> {

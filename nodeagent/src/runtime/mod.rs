@@ -221,4 +221,20 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Every sandbox with its containers.
     fn list(&self) -> impl Future<Output = Result<Vec<SandboxState>, RuntimeError>> + Send;
+
+    /// A process that runs `command` in the running container `id` when
+    /// spawned, with the container's environment; its exit status is the
+    /// command's. The caller sets its standard streams (with `tty`, a pty).
+    ///
+    /// Errors: the container does not exist or is not running.
+    fn exec_command(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<tokio::process::Command, RuntimeError>;
+
+    /// The container's log (CRI format); rotated logs are beside it as
+    /// `PATH.1` (newest) … `PATH.N`. `None` when the runtime keeps no logs.
+    fn log_path(&self, id: &str) -> Option<std::path::PathBuf>;
 }
