@@ -8,11 +8,14 @@
 #   tests:  etcd-client (etcdctl), etcd-server (to check tests against real
 #           etcd), protobuf-compiler (the etcd-client crate's build needs it),
 #           busybox-static (the test images are built from it, offline),
+#           docker-registry (the CNCF distribution registry: the image pull
+#           tests push to and pull from one on loopback) and apache2-utils
+#           (htpasswd, for the bcrypt password of its authenticated variant),
 #           python3-venv and, in a virtualenv at KEELSON_PYTHON_ENV
 #           (/var/cache/keelson/python), the official Kubernetes Python client
 set -euo pipefail
 
-packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static)
+packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static docker-registry apache2-utils)
 python_env=${KEELSON_PYTHON_ENV:-/var/cache/keelson/python}
 # The Python client of the Kubernetes version kubectl speaks (1.32).
 python_client=kubernetes==32.0.1
@@ -53,6 +56,11 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # project's tests start their own and need those ports free of surprises.
 if systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+# Likewise Debian's docker-registry starts a registry on :5000; the tests
+# start their own, each on a port of its choosing.
+if systemctl is-active --quiet docker-registry 2>/dev/null; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 echo "==> system packages: done"
 install_python_client

@@ -33,6 +33,7 @@ use tempfile::TempDir;
 pub(crate) mod cluster;
 pub(crate) mod images;
 pub(crate) mod nodes;
+pub(crate) mod registry;
 
 /// Names the etcd binary to test against instead of Keelson.
 const ETCD_ENV: &str = "KEELSON_TEST_AGAINST_ETCD";

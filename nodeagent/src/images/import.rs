@@ -1,7 +1,8 @@
 //! Importing image tarballs: an OCI image layout (`index.json`,
 //! `oci-layout`, `blobs/sha256/…`, as `skopeo copy … oci-archive:` or
 //! `docker save` of recent Docker writes) or a classic `docker save`
-//! archive (`manifest.json` naming each image's config and layer tars).
+//! archive (`manifest.json` naming each image's config and layer tars);
+//! either possibly gzip-compressed as a whole (`docker save | gzip`).
 
 use std::path::Path;
 
@@ -28,20 +29,25 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-/// The layer media type of a blob: gzip-compressed or plain tar.
+/// The layer media type of a blob: gzip- or zstd-compressed, or plain tar.
 fn layer_type(store: &Store, digest: &str) -> Result<&'static str> {
     let path = store.blob_path(digest);
-    let mut magic = [0u8; 2];
+    let mut magic = [0u8; 4];
     use std::io::Read;
     let read = std::fs::File::open(&path)
         .and_then(|mut f| f.read(&mut magic))
         .map_err(io("read", &path))?;
-    Ok(if read == 2 && magic == [0x1f, 0x8b] {
+    Ok(if read >= 2 && magic[..2] == GZIP_MAGIC {
         "application/vnd.oci.image.layer.v1.tar+gzip"
+    } else if read == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
     } else {
         "application/vnd.oci.image.layer.v1.tar"
     })
 }
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 fn architecture() -> &'static str {
     match std::env::consts::ARCH {
@@ -52,17 +58,14 @@ fn architecture() -> &'static str {
 }
 
 impl Store {
-    /// Imports every image of the tarball `file`; the images it named.
+    /// Imports every image of the tarball `file` (plain or gzip-compressed);
+    /// the images it named.
+    ///
+    /// # Errors
+    /// [`ImageError::Format`] if it is neither layout, [`ImageError::Digest`]
+    /// if a blob does not match its name, [`ImageError::Io`] and
+    /// [`ImageError::Json`] if it cannot be read.
     pub fn import(&self, file: &Path) -> Result<Vec<Image>> {
-        let mut head = [0u8; 2];
-        {
-            use std::io::Read;
-            let mut f = std::fs::File::open(file).map_err(io("open", file))?;
-            let read = f.read(&mut head).map_err(io("read", file))?;
-            if read == 2 && head == [0x1f, 0x8b] {
-                return Err(format_error(file, "it is gzip-compressed; gunzip it first"));
-            }
-        }
         let scratch = self
             .root
             .join(format!("import-{}", uuid::Uuid::new_v4().simple()));
@@ -73,7 +76,18 @@ impl Store {
     }
 
     fn import_unpacked(&self, file: &Path, scratch: &Path) -> Result<Vec<Image>> {
+        use std::io::{BufRead, Read};
         let input = std::fs::File::open(file).map_err(io("open", file))?;
+        let mut input = std::io::BufReader::new(input);
+        let gzip = input
+            .fill_buf()
+            .map_err(io("read", file))?
+            .starts_with(&GZIP_MAGIC);
+        let input: Box<dyn Read> = if gzip {
+            Box::new(flate2::bufread::MultiGzDecoder::new(input))
+        } else {
+            Box::new(input)
+        };
         // tar refuses entries that would land outside `scratch`.
         tar::Archive::new(input)
             .unpack(scratch)
@@ -192,10 +206,7 @@ impl Store {
             size += layer["size"].as_u64().unwrap_or(0);
             layers.push((
                 layer_digest.to_owned(),
-                layer["mediaType"]
-                    .as_str()
-                    .unwrap_or(OCI_MANIFEST)
-                    .to_owned(),
+                layer["mediaType"].as_str().unwrap_or(LAYER_TAR).to_owned(),
             ));
         }
         let image = Image {
@@ -204,6 +215,7 @@ impl Store {
             config,
             layers,
             size,
+            repo_digest: None,
         };
         self.tag(image.clone())?;
         Ok(image)
@@ -316,6 +328,15 @@ mod tests {
         );
         // Importing again changes nothing.
         assert_eq!(&store.import(&file).unwrap()[0], image);
+        // `docker save | gzip` imports the same.
+        let gzipped = root.path().join("busybox.tar.gz");
+        let mut encoder = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gzipped).unwrap(),
+            flate2::Compression::fast(),
+        );
+        std::io::copy(&mut std::fs::File::open(&file).unwrap(), &mut encoder).unwrap();
+        encoder.finish().unwrap();
+        assert_eq!(&store.import(&gzipped).unwrap()[0], image);
     }
 
     #[test]

@@ -4,23 +4,29 @@
 //! ```text
 //!  ROOT/blobs/sha256/<hex>   every manifest, config and layer, named by its digest (checked on write)
 //!  ROOT/images.json          name:tag → manifest digest, config digest, layer digests, size
+//!  ROOT/rootfs/<hex>         an image's layers flattened (see [`unpack`]), by manifest digest
 //! ```
 //!
 //! Images come in through [`Store::import`] (OCI layout or `docker save`
-//! tarballs, for air-gapped nodes) and, next, registry pulls.
+//! tarballs, possibly gzip-compressed, for air-gapped nodes) and
+//! [`Store::pull`] (from registries speaking the OCI distribution API;
+//! see [`registry`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod import;
 pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 pub use reference::Reference;
+pub use registry::{Credentials, Keyring, PullError, PullOptions, credentials_for};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +84,13 @@ pub struct Image {
     pub config: String,
     /// Layer blob digests, bottom first, with their media types.
     pub layers: Vec<(String, String)>,
-    /// Bytes of its layers.
+    /// Bytes of its layers (as stored: compressed when they are).
     pub size: u64,
+    /// What a registry serves the image as (for a multi-platform image,
+    /// its index: `manifest` is this platform's manifest in it); `None`
+    /// for imported images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_digest: Option<String>,
 }
 
 /// The image store under one directory.
@@ -186,6 +197,9 @@ impl Store {
 
     /// Records `image` under its name (replacing what the name pointed at).
     pub fn tag(&self, image: Image) -> Result<()> {
+        // Pulls and imports run concurrently: one read-modify-write at a time.
+        static INDEX: Mutex<()> = Mutex::new(());
+        let _guard = INDEX.lock().unwrap_or_else(PoisonError::into_inner);
         let mut images = self.list()?;
         images.insert(image.name.clone(), image);
         let bytes = serde_json::to_vec_pretty(&images).map_err(|source| ImageError::Json {
@@ -216,11 +230,12 @@ pub fn table(images: &BTreeMap<String, Image>) -> String {
         "SIZE".to_owned(),
     ]];
     for image in images.values() {
-        let (name, tag) = image
-            .name
+        // `NAME[:TAG][@DIGEST]`: images pulled by digest alone have no tag.
+        let named = image.name.split('@').next().unwrap_or(&image.name);
+        let (name, tag) = named
             .rsplit_once(':')
-            .filter(|(n, _)| !n.ends_with('/'))
-            .unwrap_or((&image.name, "<none>"));
+            .filter(|(n, t)| !n.ends_with('/') && !t.contains('/'))
+            .unwrap_or((named, "<none>"));
         let id: String = image
             .config
             .trim_start_matches("sha256:")

@@ -2,9 +2,12 @@
 //! one directory (whiteouts deleting what lower layers put there), built
 //! once per image; containers then mount it as the lower layer of an
 //! overlay of their own, so they share it copy-on-write.
+//!
+//! Layers are plain or gzip-compressed tars (by media type, or by their
+//! first bytes whatever the type says); zstd-compressed ones are refused.
 
 use std::collections::HashSet;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Image, ImageError, Result, Store, io};
@@ -13,6 +16,38 @@ use super::{Image, ImageError, Result, Store, io};
 const WHITEOUT: &str = ".wh.";
 /// A file that hides everything lower layers put in its directory.
 const OPAQUE: &str = ".wh..wh..opq";
+
+/// The first bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The tar stream of the layer blob at `path` (of type `media_type`),
+/// decompressed as it is read.
+///
+/// # Errors
+/// [`ImageError::Io`] if it cannot be read; [`ImageError::Format`] if it is
+/// zstd-compressed.
+pub fn layer_reader(path: &Path, media_type: &str) -> Result<Box<dyn Read + Send>> {
+    let file = std::fs::File::open(path).map_err(io("open", path))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let head = reader.fill_buf().map_err(io("read", path))?;
+    if media_type.ends_with("+zstd") || head.starts_with(&ZSTD_MAGIC) {
+        return Err(ImageError::Format {
+            file: path.to_owned(),
+            reason: format!(
+                "zstd-compressed layers ({media_type}) are not supported; push the image with gzip-compressed layers"
+            ),
+        });
+    }
+    let gzip = media_type.ends_with("+gzip") || media_type.ends_with(".gzip");
+    if gzip || head.starts_with(&GZIP_MAGIC) {
+        // Several gzip members may follow one another (pigz, appended layers).
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
 
 /// Removes `path`, whatever it is; nothing if it is not there.
 fn remove(path: &Path) -> std::io::Result<()> {
@@ -103,16 +138,8 @@ impl Store {
         std::fs::create_dir_all(&building).map_err(io("create", &building))?;
         let outcome = (|| {
             for (digest, media_type) in &image.layers {
-                if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-                    return Err(ImageError::Format {
-                        file: self.blob_path(digest),
-                        reason: "gzip-compressed layers are not unpacked yet".into(),
-                    });
-                }
-                let path = self.blob_path(digest);
-                let file = std::fs::File::open(&path).map_err(io("open", &path))?;
-                apply_layer(&building, std::io::BufReader::new(file))
-                    .map_err(io("unpack a layer into", &building))?;
+                let layer = layer_reader(&self.blob_path(digest), media_type)?;
+                apply_layer(&building, layer).map_err(io("unpack a layer into", &building))?;
             }
             std::fs::rename(&building, &dir).map_err(io("rename", &dir))
         })();
@@ -180,6 +207,70 @@ mod tests {
         }
         found.sort();
         found
+    }
+
+    #[test]
+    fn gzip_layers_unpack_and_zstd_layers_are_refused() {
+        use std::io::Write;
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let plain = layer(&[("etc/", None), ("etc/motd", Some("hello"))]);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&plain).unwrap();
+        let gzipped = encoder.finish().unwrap();
+        let second = layer(&[("etc/issue", Some("keelson"))]);
+        let gzip_digest = store.put_blob(&gzipped, None).unwrap();
+        let second_digest = store.put_blob(&second, None).unwrap();
+        let image = |layers: Vec<(String, String)>| Image {
+            name: "keelson.test/layers:1".into(),
+            manifest: crate::images::digest_of(format!("{layers:?}").as_bytes()),
+            config: String::new(),
+            layers,
+            size: 0,
+            repo_digest: None,
+        };
+        // Docker's gzip type; then a plain tar labelled as one.
+        let pulled = image(vec![
+            (
+                gzip_digest.clone(),
+                "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+            ),
+            (
+                second_digest,
+                "application/vnd.oci.image.layer.v1.tar".into(),
+            ),
+        ]);
+        let rootfs = store.rootfs(&pulled).unwrap();
+        assert_eq!(files(&rootfs), ["etc/issue", "etc/motd"]);
+        // gzip found by its magic bytes, whatever the type says.
+        let mislabelled = image(vec![(
+            gzip_digest,
+            "application/vnd.oci.image.layer.v1.tar".into(),
+        )]);
+        assert_eq!(files(&store.rootfs(&mislabelled).unwrap()), ["etc/motd"]);
+
+        let zstd_digest = store
+            .put_blob(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0], None)
+            .unwrap();
+        for media_type in [
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar",
+        ] {
+            let error = store
+                .rootfs(&image(vec![(zstd_digest.clone(), media_type.into())]))
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("zstd-compressed layers"),
+                "{error}"
+            );
+        }
+        // Nothing half-built is left behind.
+        let building: Vec<_> = std::fs::read_dir(root.path().join("rootfs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".building"))
+            .collect();
+        assert!(building.is_empty());
     }
 
     #[test]
