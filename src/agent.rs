@@ -71,6 +71,10 @@ pub(crate) struct AgentArgs {
     /// Size a container's log grows to before it is rotated (e.g. 10Mi).
     #[arg(long, default_value = "10Mi")]
     container_log_max_size: String,
+    /// A registry spoken to over plain HTTP (HOST[:PORT]; repeatable).
+    /// Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
     /// Log files kept per container, the current one included.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
     container_log_max_files: u32,
@@ -214,7 +218,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     &args.data_dir,
                     images,
                 )?
-                .with_log_rotation(rotation),
+                .with_log_rotation(rotation)
+                .with_insecure_registries(args.insecure_registries.clone()),
             );
             keelson_nodeagent::run(client, runtime, config, Some(endpoint), shutdown).await?;
         }

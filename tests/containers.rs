@@ -491,3 +491,185 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     let err = m0.kubectl_err(&["logs", "nosuch"]);
     assert!(err.contains(r#"pods "nosuch" not found"#), "{err}");
 }
+
+/// `kubectl apply` of a JSON manifest.
+fn apply(member: &Member, dir: &Path, name: &str, manifest: &serde_json::Value) {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, manifest.to_string()).expect("write the manifest");
+    member.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8")]);
+}
+
+fn ready(member: &Member, pod: &str) -> String {
+    member.kubectl_ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ])
+}
+
+fn restarts(member: &Member, pod: &str) -> u32 {
+    member
+        .kubectl_ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn probes_hooks_and_registry_pulls() {
+    use serde_json::json;
+
+    let registry = common::registry::Registry::start();
+    registry.push_busybox("test/busybox", "1");
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    let mut node = Node::new();
+    node.start(m0);
+    node.wait_ready(m0);
+    let dir = node.data.path().to_owned();
+
+    // An image from a registry, pulled as its policy says.
+    let pulled = format!("{}/test/busybox:1", registry.address());
+    apply(
+        m0,
+        &dir,
+        "pulled",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pulled"},
+        "spec": {"containers": [{"name": "c", "image": pulled, "imagePullPolicy": "Always",
+            "command": ["sleep", "3600"]}]}}),
+    );
+    wait_until(CONVERGE, "pulled to run", || {
+        phase_and_state(m0, "pulled").starts_with("Running ")
+    });
+    let events = m0.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=pulled",
+    ]);
+    assert!(
+        events.contains("Pulling") && events.contains("Successfully pulled image"),
+        "{events}"
+    );
+    // One that is not there waits, backing off.
+    let missing = format!("{}/test/nothing:1", registry.address());
+    m0.kubectl_ok(&["run", "missing", &format!("--image={missing}")]);
+    wait_until(CONVERGE, "missing to back off pulling", || {
+        phase_and_state(m0, "missing").contains(r#""reason":"ImagePullBackOff""#)
+    });
+    let err = m0.kubectl_err(&["logs", "missing"]);
+    assert!(
+        err.contains("is waiting to start: trying and failing to pull image"),
+        "{err}"
+    );
+
+    // Readiness: an httpGet probe on a busybox httpd; unready once the page goes.
+    apply(
+        m0,
+        &dir,
+        "web",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "web", "image": IMAGE,
+            "command": ["sh", "-c", "busybox mkdir -p /www && echo ok > /www/healthz && exec busybox httpd -f -p 8080 -h /www"],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}),
+    );
+    wait_until(CONVERGE, "web to be ready", || ready(m0, "web") == "True");
+    m0.kubectl_ok(&["exec", "web", "--", "busybox", "rm", "/www/healthz"]);
+    wait_until(CONVERGE, "web to be unready", || {
+        ready(m0, "web") == "False"
+    });
+    let events = m0.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web",
+    ]);
+    assert!(
+        events.contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
+        "{events}"
+    );
+    m0.kubectl_ok(&["exec", "web", "--", "sh", "-c", "echo ok > /www/healthz"]);
+    wait_until(CONVERGE, "web to be ready again", || {
+        ready(m0, "web") == "True"
+    });
+    assert_eq!(
+        restarts(m0, "web"),
+        0,
+        "the tcpSocket liveness probe passes"
+    );
+
+    // Liveness: an exec probe that starts failing restarts the container.
+    // The postStart hook runs in it.
+    apply(
+        m0,
+        &dir,
+        "alive",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "alive"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "alive", "image": IMAGE,
+            "command": ["sh", "-c", "echo > /tmp/alive; exec sleep 3600"],
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo hooked > /tmp/post"]}}},
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/alive"]}, "periodSeconds": 1, "failureThreshold": 2}}]}}),
+    );
+    wait_until(CONVERGE, "alive to run", || {
+        phase_and_state(m0, "alive").starts_with("Running ")
+    });
+    wait_until(CONVERGE, "the postStart hook to have run", || {
+        m0.kubectl(&["exec", "alive", "--", "cat", "/tmp/post"])
+            .stdout
+            == b"hooked\n"
+    });
+    m0.kubectl_ok(&["exec", "alive", "--", "busybox", "rm", "/tmp/alive"]);
+    wait_until(CONVERGE, "alive to be restarted", || {
+        restarts(m0, "alive") >= 1
+    });
+    let events = m0.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=alive",
+    ]);
+    assert!(
+        events.contains("Container alive failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    wait_until(CONVERGE, "alive to run again", || {
+        phase_and_state(m0, "alive").starts_with("Running ")
+    });
+
+    // preStop runs before SIGTERM: the process prints what the hook left.
+    apply(
+        m0,
+        &dir,
+        "polite",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "polite"},
+        "spec": {"terminationGracePeriodSeconds": 10, "containers": [{"name": "polite", "image": IMAGE,
+            "command": ["sh", "-c", "trap 'cat /tmp/bye; exit 0' TERM; echo up; while true; do sleep 0.1; done"],
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo said goodbye > /tmp/bye"]}}}}]}}),
+    );
+    wait_until(CONVERGE, "polite to be up", || {
+        m0.kubectl(&["logs", "polite"]).stdout == b"up\n"
+    });
+    let mut follower = m0
+        .kubectl_command(&["logs", "-f", "polite"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let lines = lines_of(follower.stdout.take().expect("stdout"));
+    assert_eq!(lines.recv_timeout(CONVERGE).expect("the first line"), "up");
+    m0.kubectl_ok(&["delete", "pod", "polite", "--wait=false"]);
+    assert_eq!(
+        lines.recv_timeout(CONVERGE).expect("the last words"),
+        "said goodbye"
+    );
+    drop(follower.kill());
+    drop(follower.wait());
+}

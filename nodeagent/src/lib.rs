@@ -174,12 +174,20 @@ pub async fn run<R: Runtime>(
         milli_cpu: (machine.cpus * 1000).saturating_sub(config.reserved_milli_cpu) as i64,
         memory: machine.memory.saturating_sub(config.reserved_memory) as i64,
     };
+    let (events, writer) = keelson_control::runtime::events::Recorder::new(
+        client.clone(),
+        "kubelet",
+        config.name.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(writer);
     let workers = pods::PodWorkers::new(
         client.clone(),
         runtime,
         &pods,
         config.ip.clone(),
         allocatable,
+        Some(events),
         shutdown.clone(),
     );
     tasks.spawn(pods.run(client.clone(), shutdown.clone()));

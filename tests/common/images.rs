@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Writes a `docker save` archive of `name` (for example
 /// `keelson.test/busybox:1`) whose one layer holds /bin/busybox and links
-/// to it for `sh`, `sleep`, `echo`, `cat`, `ls`, `hostname`, `dd`.
+/// to it for `sh`, `sleep`, `echo`, `cat`, `ls`, `hostname`, `dd`, and /tmp.
 pub(crate) fn busybox_archive(path: &Path, name: &str) {
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (Debian's busybox-static; deploy/install-deps.sh installs it)");
@@ -19,6 +19,16 @@ pub(crate) fn busybox_archive(path: &Path, name: &str) {
     header.set_cksum();
     layer
         .append_data(&mut header, "bin/busybox", busybox.as_slice())
+        .expect("layer");
+    // Every image has a /tmp, sticky and writable by all.
+    let mut tmp = tar::Header::new_gnu();
+    tmp.set_entry_type(tar::EntryType::Directory);
+    tmp.set_size(0);
+    tmp.set_mode(0o1777);
+    tmp.set_uid(0);
+    tmp.set_gid(0);
+    layer
+        .append_data(&mut tmp, "tmp/", std::io::empty())
         .expect("layer");
     for tool in ["sh", "sleep", "echo", "cat", "ls", "hostname", "dd"] {
         let mut link = tar::Header::new_gnu();

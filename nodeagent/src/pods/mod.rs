@@ -11,21 +11,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use keelson_control::client::{Client, ClientError, DeleteOptions, Patch};
+use keelson_control::runtime::events::{EventType, Recorder, reference};
 use keelson_control::runtime::{Action as Next, Event, Informer, Queue, key_of, split_key};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::images::{Keyring, Reference};
 use crate::runtime::{
     ContainerConfig, ContainerRun, Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
 
 pub mod env;
 pub mod plan;
+pub mod probe;
 pub mod status;
 
 use plan::{Action, Backoff};
+use probe::{Handler, Kind, PodNetwork, Prober};
+
+/// What a container killed by its pod's deletion or a failed probe gets at
+/// least after its preStop hook, as the kubelet's minimum grace period.
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// Syncs in a row for one pod before its status is written.
 const MAX_STEPS: usize = 16;
@@ -59,6 +67,8 @@ pub struct PodWorkers<R> {
     host_ip: String,
     /// What the node has, for `resourceFieldRef`s of unset limits.
     allocatable: env::Allocatable,
+    prober: Arc<Prober>,
+    events: Option<Recorder>,
 }
 
 fn sandbox_config(pod: &Pod) -> SandboxConfig {
@@ -72,6 +82,21 @@ fn sandbox_config(pod: &Pod) -> SandboxConfig {
             .and_then(|s| s.hostname.clone())
             .or_else(|| meta.name.clone())
             .unwrap_or_default(),
+    }
+}
+
+/// Kubernetes' default pull policy: `Always` for `:latest` or no tag,
+/// `IfNotPresent` otherwise (the API server sets it; old objects may lack it).
+fn default_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    let tag = last
+        .split_once('@')
+        .map_or(last, |(name, _)| name)
+        .split_once(':');
+    match tag {
+        _ if image.contains('@') => "IfNotPresent",
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
     }
 }
 
@@ -113,6 +138,7 @@ impl<R: Runtime> PodWorkers<R> {
         pods: &Informer<Pod>,
         host_ip: String,
         allocatable: env::Allocatable,
+        events: Option<Recorder>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let workers = Arc::new(Self {
@@ -123,6 +149,8 @@ impl<R: Runtime> PodWorkers<R> {
             backoff: Mutex::new(Backoff::default()),
             host_ip,
             allocatable,
+            prober: Arc::new(Prober::default()),
+            events,
         });
         let queue = workers.queue.clone();
         pods.on_event(move |event| {
@@ -134,6 +162,354 @@ impl<R: Runtime> PodWorkers<R> {
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event about `pod` (or one of its containers), as the kubelet.
+    fn event(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &'static str,
+        message: String,
+    ) {
+        let Some(events) = &self.events else { return };
+        let mut object = reference(pod);
+        if let Some(name) = container {
+            let init = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.name == name));
+            let list = if init { "initContainers" } else { "containers" };
+            object.field_path = Some(format!("spec.{list}{{{name}}}"));
+        }
+        events.record_for(object, kind, reason, message);
+    }
+
+    /// Where handlers reach the pod `key`: its newest sandbox's network.
+    async fn network_of(&self, key: &str) -> PodNetwork {
+        match self
+            .sandboxes_of(key)
+            .await
+            .ok()
+            .and_then(|s| s.into_iter().next())
+        {
+            Some(sandbox) => PodNetwork {
+                netns: self.runtime.network_namespace(&sandbox.id),
+                ip: sandbox.ip,
+            },
+            None => PodNetwork::default(),
+        }
+    }
+
+    /// Runs the container's preStop hook, if it has one, within `grace`;
+    /// returns what is left of `grace` for the container to stop.
+    async fn pre_stop(
+        &self,
+        pod: &Pod,
+        network: &PodNetwork,
+        container: &Container,
+        id: &str,
+        grace: Duration,
+    ) -> Duration {
+        let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+        else {
+            return grace;
+        };
+        if grace.is_zero() {
+            return grace;
+        }
+        let started = Instant::now();
+        let handler = Handler::of_hook(hook);
+        let outcome = tokio::time::timeout(
+            grace,
+            probe::run_handler(self.runtime.as_ref(), network, container, id, handler),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("did not finish within {}s", grace.as_secs())));
+        if let Err(why) = outcome {
+            self.event(
+                pod,
+                Some(&container.name),
+                EventType::Warning,
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {why}"),
+            );
+        }
+        grace
+            .saturating_sub(started.elapsed())
+            .max(MIN_GRACE_AFTER_HOOK)
+    }
+
+    /// Stops the pod's running containers: preStop hooks (all at once),
+    /// then SIGTERM, then SIGKILL once `grace` is over; then the sandbox.
+    async fn kill_pod(
+        &self,
+        pod: &Pod,
+        sandbox: &SandboxState,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let key = key_of(&pod.metadata);
+        let network = self.network_of(&key).await;
+        let running: Vec<(&Container, &str)> = sandbox
+            .containers
+            .iter()
+            .filter(|c| matches!(c.run, ContainerRun::Running { .. }))
+            .filter_map(|c| {
+                let spec =
+                    container_of(pod, &c.name, false).or(container_of(pod, &c.name, true))?;
+                Some((spec, c.id.as_str()))
+            })
+            .collect();
+        for (container, _) in &running {
+            self.event(
+                pod,
+                Some(&container.name),
+                EventType::Normal,
+                "Killing",
+                format!("Stopping container {}", container.name),
+            );
+        }
+        let left = futures::future::join_all(
+            running
+                .iter()
+                .map(|(container, id)| self.pre_stop(pod, &network, container, id, grace)),
+        )
+        .await
+        .into_iter()
+        .min()
+        .unwrap_or(grace);
+        self.runtime.stop_sandbox(&sandbox.id, left).await
+    }
+
+    /// The registry credentials of the pod's `imagePullSecrets`, as a keyring.
+    async fn keyring(&self, pod: &Pod) -> Keyring {
+        let mut keyring = Keyring::default();
+        let namespace = pod.metadata.namespace.as_deref();
+        let names = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty());
+        for name in names {
+            let secret = match self.client.get::<Secret>(namespace, &name).await {
+                Ok(secret) => secret,
+                Err(error) => {
+                    // The kubelet pulls anyway, without them.
+                    tracing::warn!(secret = %name, %error, "cannot read an image pull secret");
+                    continue;
+                }
+            };
+            let data = secret.data.unwrap_or_default();
+            for key in [".dockerconfigjson", ".dockercfg"] {
+                if let Some(config) = data.get(key)
+                    && let Ok(found) = Keyring::from_docker_config(&config.0)
+                {
+                    keyring.extend(found);
+                }
+            }
+        }
+        keyring
+    }
+
+    /// Makes sure the container's image is on the node, as its
+    /// `imagePullPolicy` says; `Some` while it is not (ErrImagePull,
+    /// ImagePullBackOff, ErrImageNeverPull).
+    async fn ensure_image(&self, pod: &Pod, container: &Container) -> Option<plan::Waiting> {
+        let image = container.image.clone().unwrap_or_default();
+        let name = container.name.clone();
+        let waiting = |reason: &'static str, message: String, until| plan::Waiting {
+            name: name.clone(),
+            reason,
+            message,
+            until,
+        };
+        let present = match self.runtime.image_status(&image) {
+            Ok(present) => present.is_some(),
+            Err(error) => {
+                return Some(waiting(
+                    "InvalidImageName",
+                    format!("Failed to apply default image tag {image:?}: {error}"),
+                    Utc::now() + chrono::Duration::seconds(300),
+                ));
+            }
+        };
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| default_pull_policy(&image).into());
+        match policy.as_str() {
+            "Never" if !present => {
+                let message =
+                    format!("Container image {image:?} is not present with pull policy of Never");
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Warning,
+                    "ErrImageNeverPull",
+                    message.clone(),
+                );
+                return Some(waiting(
+                    "ErrImageNeverPull",
+                    message,
+                    Utc::now() + chrono::Duration::seconds(10),
+                ));
+            }
+            "Never" | "IfNotPresent" if present => {
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let key = (pod.metadata.uid.clone().unwrap_or_default(), image.clone());
+        let now = Utc::now();
+        if let Some(until) = self.backoff().image_waits_until(&key, now) {
+            let message = format!("Back-off pulling image {image:?}");
+            self.event(
+                pod,
+                Some(&name),
+                EventType::Normal,
+                "BackOff",
+                message.clone(),
+            );
+            return Some(waiting("ImagePullBackOff", message, until));
+        }
+        self.event(
+            pod,
+            Some(&name),
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let started = Instant::now();
+        let credentials = match Reference::parse(&image) {
+            Ok(reference) => self.keyring(pod).await.lookup(&reference),
+            Err(_) => Vec::new(),
+        };
+        match self.runtime.pull_image(&image, &credentials).await {
+            Ok(_) => {
+                let took = started.elapsed().as_secs_f64();
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Normal,
+                    "Pulled",
+                    format!("Successfully pulled image {image:?} in {took:.3}s"),
+                );
+                self.backoff().image_pulled(&key);
+                None
+            }
+            Err(error) => {
+                let reason = match &error {
+                    RuntimeError::Image { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let message = format!("Failed to pull image {image:?}: {reason}");
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Warning,
+                    "Failed",
+                    message.clone(),
+                );
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Warning,
+                    "Failed",
+                    "Error: ErrImagePull".into(),
+                );
+                let until = self.backoff().image_failed(key, Utc::now());
+                Some(waiting("ErrImagePull", message, until))
+            }
+        }
+    }
+
+    /// After a container started: its events, and its postStart hook (a
+    /// failing hook kills the container, which restarts as its policy says).
+    async fn started(&self, pod: &Pod, sandbox: &SandboxState, container: &Container, id: &str) {
+        let name = &container.name;
+        self.event(
+            pod,
+            Some(name),
+            EventType::Normal,
+            "Created",
+            format!("Created container {name}"),
+        );
+        self.event(
+            pod,
+            Some(name),
+            EventType::Normal,
+            "Started",
+            format!("Started container {name}"),
+        );
+        let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        else {
+            return;
+        };
+        let network = PodNetwork {
+            netns: self.runtime.network_namespace(&sandbox.id),
+            ip: sandbox.ip.clone(),
+        };
+        let grace = plan::grace_period(pod);
+        let outcome = tokio::time::timeout(
+            grace.max(MIN_GRACE_AFTER_HOOK),
+            probe::run_handler(
+                self.runtime.as_ref(),
+                &network,
+                container,
+                id,
+                Handler::of_hook(hook),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err("did not finish in time".into()));
+        if let Err(why) = outcome {
+            self.event(
+                pod,
+                Some(name),
+                EventType::Warning,
+                "FailedPostStartHook",
+                format!("PostStartHook failed: {why}"),
+            );
+            if let Err(error) = self.runtime.stop_container(id, grace).await {
+                tracing::warn!(container = %id, %error, "cannot stop a container whose postStart hook failed");
+            }
+        }
+    }
+
+    /// Removes exited containers of the pod beyond the newest two attempts
+    /// of each (the current one and the one `--previous` shows).
+    async fn collect_garbage(&self, sandbox: &SandboxState) {
+        let mut by_name: std::collections::HashMap<&str, Vec<&crate::runtime::ContainerState>> =
+            std::collections::HashMap::new();
+        for container in &sandbox.containers {
+            by_name.entry(&container.name).or_default().push(container);
+        }
+        for attempts in by_name.values_mut() {
+            attempts.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+            for old in attempts.iter().skip(2) {
+                if matches!(old.run, ContainerRun::Exited { .. })
+                    && let Err(error) = self.runtime.remove_container(&old.id).await
+                {
+                    tracing::warn!(container = %old.id, %error, "cannot remove an old container");
+                }
+            }
+        }
     }
 
     pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) {
@@ -219,7 +595,7 @@ impl<R: Runtime> PodWorkers<R> {
         Ok(sandboxes)
     }
 
-    async fn sync(&self, key: &str) -> Result<Next, SyncError> {
+    async fn sync(self: &Arc<Self>, key: &str) -> Result<Next, SyncError> {
         let started = Instant::now();
         let pod = self.pods.get(key);
         let mut sandboxes = self.sandboxes_of(key).await?;
@@ -241,12 +617,26 @@ impl<R: Runtime> PodWorkers<R> {
         }
         sandboxes.retain(|s| Some(&s.config.pod_uid) == uid.as_ref());
         let Some(pod) = pod else {
+            self.prober.sync(self, key, &[]);
             return Ok(Next::Done);
         };
         let mut sandbox = sandboxes.into_iter().next();
         let mut waiting = Vec::new();
         for _ in 0..MAX_STEPS {
-            let plan = plan::plan(&pod, sandbox.as_ref(), &self.backoff(), Utc::now());
+            let unhealthy: Vec<String> = sandbox
+                .iter()
+                .flat_map(|s| &s.containers)
+                .filter(|c| matches!(c.run, ContainerRun::Running { .. }))
+                .filter(|c| self.prober.unhealthy(&c.id).is_some())
+                .map(|c| c.id.clone())
+                .collect();
+            let plan = plan::plan(
+                &pod,
+                sandbox.as_ref(),
+                &self.backoff(),
+                &unhealthy,
+                Utc::now(),
+            );
             waiting = plan.waiting;
             if plan.actions.is_empty() {
                 break;
@@ -267,9 +657,45 @@ impl<R: Runtime> PodWorkers<R> {
             }
             sandbox = self.sandboxes_of(key).await?.into_iter().next();
         }
-        let status =
-            status::pod_status(&pod, sandbox.as_ref(), &waiting, &self.host_ip, Utc::now());
+        if let Some(s) = &sandbox {
+            self.collect_garbage(s).await;
+        }
+        let prober = self.prober.clone();
+        let health = move |id: &str, container: &Container| {
+            let started = prober.passed(id, container, Kind::Startup);
+            (
+                started,
+                started && prober.passed(id, container, Kind::Readiness),
+            )
+        };
+        let status = status::pod_status(
+            &pod,
+            sandbox.as_ref(),
+            &waiting,
+            &health,
+            &self.host_ip,
+            Utc::now(),
+        );
         let deleting = pod.metadata.deletion_timestamp.is_some();
+        // Probe the running containers (none once the pod is going).
+        let probed: Vec<(String, Container, chrono::DateTime<Utc>)> = match &sandbox {
+            Some(s) if !deleting => pod
+                .spec
+                .iter()
+                .flat_map(|spec| &spec.containers)
+                .filter_map(|c| {
+                    let latest = s.latest(&c.name)?;
+                    match latest.run {
+                        ContainerRun::Running { started } => {
+                            Some((latest.id.clone(), c.clone(), started))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.prober.sync(self, key, &probed);
         let stopped = sandbox.as_ref().is_none_or(|s| {
             !s.ready
                 && s.containers
@@ -355,6 +781,7 @@ impl<R: Runtime> PodWorkers<R> {
         let operation = match &action {
             Action::CreateSandbox => "run_sandbox",
             Action::KillPod { .. } => "stop_sandbox",
+            Action::KillContainer { .. } => "stop_container",
             Action::Start { .. } => "start_container",
         };
         metrics::counter!("kubelet_runtime_operations_total", "operation_type" => operation)
@@ -366,9 +793,28 @@ impl<R: Runtime> PodWorkers<R> {
                 .await
                 .map(drop),
             Action::KillPod { grace } => match sandbox {
-                Some(s) => self.runtime.stop_sandbox(&s.id, grace).await,
+                Some(s) => self.kill_pod(pod, s, grace).await,
                 None => Ok(()),
             },
+            Action::KillContainer { id, name, grace } => {
+                let Some(container) = container_of(pod, &name, false) else {
+                    return Ok(None);
+                };
+                let kind = self.prober.unhealthy(&id).unwrap_or(Kind::Liveness);
+                self.event(
+                    pod,
+                    Some(&name),
+                    EventType::Normal,
+                    "Killing",
+                    format!(
+                        "Container {name} failed {} probe, will be restarted",
+                        kind.title().to_lowercase()
+                    ),
+                );
+                let network = self.network_of(&key_of(&pod.metadata)).await;
+                let left = self.pre_stop(pod, &network, container, &id, grace).await;
+                self.runtime.stop_container(&id, left).await
+            }
             Action::Start {
                 name,
                 init,
@@ -379,6 +825,9 @@ impl<R: Runtime> PodWorkers<R> {
                     return Ok(None);
                 };
                 let retry = Utc::now() + chrono::Duration::seconds(2);
+                if let Some(waiting) = self.ensure_image(pod, container).await {
+                    return Ok(Some(waiting));
+                }
                 let env = match env::resolve(&self.client, pod, container, self.allocatable).await {
                     Ok(env) => env,
                     Err(error) => {
@@ -400,11 +849,15 @@ impl<R: Runtime> PodWorkers<R> {
                         .restarted(&sandbox.config.pod_uid, &name, started, finished);
                 }
                 match self.runtime.start_container(&sandbox.id, &config).await {
+                    Ok(id) => {
+                        self.started(pod, sandbox, container, &id).await;
+                        Ok(())
+                    }
                     Err(RuntimeError::Image { image, reason }) => {
                         metrics::counter!("kubelet_runtime_operations_errors_total", "operation_type" => operation).increment(1);
                         return Ok(Some(plan::Waiting {
                             name,
-                            reason: "ErrImagePull",
+                            reason: "CreateContainerError",
                             message: format!("image {image:?}: {reason}"),
                             until: retry,
                         }));
@@ -432,5 +885,41 @@ impl<R: Runtime> PodWorkers<R> {
             metrics::gauge!("kubelet_running_containers", "container_state" => "running")
                 .set(containers as f64);
         }
+    }
+}
+
+impl<R: Runtime> probe::Probing for PodWorkers<R> {
+    async fn probe(
+        &self,
+        pod: &str,
+        container: &Container,
+        id: &str,
+        kind: Kind,
+    ) -> probe::Outcome {
+        let Some(spec) = kind.of(container) else {
+            return Ok(());
+        };
+        let network = self.network_of(pod).await;
+        probe::run_handler(
+            self.runtime.as_ref(),
+            &network,
+            container,
+            id,
+            Handler::of_probe(spec),
+        )
+        .await
+    }
+
+    fn changed(&self, key: &str, container: &Container, kind: Kind, failure: Option<String>) {
+        if let (Some(why), Some(pod)) = (failure, self.pods.get(key)) {
+            self.event(
+                &pod,
+                Some(&container.name),
+                EventType::Warning,
+                "Unhealthy",
+                format!("{} probe failed: {why}", kind.title()),
+            );
+        }
+        self.queue.add(key.to_owned());
     }
 }

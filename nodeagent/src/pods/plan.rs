@@ -32,6 +32,13 @@ pub enum Action {
     KillPod {
         grace: Duration,
     },
+    /// Stop one container (its liveness or startup probe failed), giving
+    /// it `grace`; it is then restarted as the restart policy says.
+    KillContainer {
+        id: String,
+        name: String,
+        grace: Duration,
+    },
     /// Create and start the container (`init`: one of the init containers).
     Start {
         name: String,
@@ -57,11 +64,19 @@ pub struct Plan {
     pub waiting: Vec<Waiting>,
 }
 
-/// Restart delays per container (pod uid + container name).
+/// The first delay after a failed image pull; each failure doubles it.
+pub const IMAGE_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest delay between image pulls.
+pub const IMAGE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Restart delays per container (pod uid + container name), and pull
+/// delays per image (pod uid + image).
 #[derive(Debug, Default)]
 pub struct Backoff {
     /// The current delay, and when the container last finished.
     entries: HashMap<(String, String), (Duration, DateTime<Utc>)>,
+    /// The current delay, and when the image may be pulled again.
+    images: HashMap<(String, String), (Duration, DateTime<Utc>)>,
 }
 
 impl Backoff {
@@ -93,9 +108,38 @@ impl Backoff {
         self.entries.insert(key, (delay, finished));
     }
 
-    /// Forgets a pod's containers.
+    /// Forgets a pod's containers and images.
     pub fn forget(&mut self, pod_uid: &str) {
         self.entries.retain(|(uid, _), _| uid != pod_uid);
+        self.images.retain(|(uid, _), _| uid != pod_uid);
+    }
+
+    /// Until when a pull of the image (pod uid, image) must wait, if it must.
+    pub fn image_waits_until(
+        &self,
+        key: &(String, String),
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        self.images
+            .get(key)
+            .map(|(_, until)| *until)
+            .filter(|until| *until > now)
+    }
+
+    /// Records a failed pull at `now`; when the next may start.
+    pub fn image_failed(&mut self, key: (String, String), now: DateTime<Utc>) -> DateTime<Utc> {
+        let delay = match self.images.get(&key) {
+            Some((delay, _)) => (*delay * 2).min(IMAGE_BACKOFF_MAX),
+            None => IMAGE_BACKOFF_BASE,
+        };
+        let until = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        self.images.insert(key, (delay, until));
+        until
+    }
+
+    /// A pull succeeded: its backoff starts afresh.
+    pub fn image_pulled(&mut self, key: &(String, String)) {
+        self.images.remove(key);
     }
 }
 
@@ -106,11 +150,10 @@ fn restart_policy(pod: &Pod) -> &str {
         .unwrap_or("Always")
 }
 
-/// The grace period a deletion gives the pod.
-pub fn grace_period(pod: &Pod) -> Duration {
-    let seconds = pod
-        .metadata
-        .deletion_grace_period_seconds
+/// `first`'s grace period, else the pod's `terminationGracePeriodSeconds`
+/// (30 s by default).
+fn grace_or_pods(pod: &Pod, first: Option<i64>) -> Duration {
+    let seconds = first
         .or_else(|| {
             pod.spec
                 .as_ref()
@@ -118,6 +161,11 @@ pub fn grace_period(pod: &Pod) -> Duration {
         })
         .unwrap_or(30);
     Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// The grace period a deletion gives the pod.
+pub fn grace_period(pod: &Pod) -> Duration {
+    grace_or_pods(pod, pod.metadata.deletion_grace_period_seconds)
 }
 
 /// Whether the pod has finished for good: every container exited and none
@@ -152,11 +200,23 @@ pub fn init_failed(pod: &Pod, sandbox: Option<&SandboxState>) -> bool {
         })
 }
 
-/// The next steps for `pod`, whose sandbox (if any) is `sandbox`.
+/// The grace period a container killed for failing its `probe` gets: the
+/// probe's own, else the pod's.
+pub fn probe_grace_period(
+    pod: &Pod,
+    probe: Option<&k8s_openapi::api::core::v1::Probe>,
+) -> Duration {
+    grace_or_pods(pod, probe.and_then(|p| p.termination_grace_period_seconds))
+}
+
+/// The next steps for `pod`, whose sandbox (if any) is `sandbox`;
+/// `unhealthy`: running containers (runtime ids) whose liveness or startup
+/// probe failed.
 pub fn plan(
     pod: &Pod,
     sandbox: Option<&SandboxState>,
     backoff: &Backoff,
+    unhealthy: &[String],
     now: DateTime<Utc>,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -235,14 +295,28 @@ pub fn plan(
         }
     }
     for container in &spec.containers {
-        match sandbox.latest(&container.name).map(|c| &c.run) {
+        let latest = sandbox.latest(&container.name);
+        match latest.map(|c| &c.run) {
             None => start(&mut plan, container, false),
             Some(ContainerRun::Exited { exit_code, .. }) => {
                 if policy == "Always" || (policy == "OnFailure" && *exit_code != 0) {
                     start(&mut plan, container, false);
                 }
             }
-            Some(_) => {}
+            Some(ContainerRun::Running { .. }) => {
+                if let Some(latest) = latest.filter(|l| unhealthy.contains(&l.id)) {
+                    let probe = container
+                        .liveness_probe
+                        .as_ref()
+                        .or(container.startup_probe.as_ref());
+                    plan.actions.push(Action::KillContainer {
+                        id: latest.id.clone(),
+                        name: container.name.clone(),
+                        grace: probe_grace_period(pod, probe),
+                    });
+                }
+            }
+            Some(ContainerRun::Created) => {}
         }
     }
     plan
@@ -305,12 +379,12 @@ mod tests {
         let now = Utc::now();
         let p = pod("Always", true);
         assert_eq!(
-            plan(&p, None, &Backoff::default(), now).actions,
+            plan(&p, None, &Backoff::default(), &[], now).actions,
             [Action::CreateSandbox]
         );
         let empty = sandbox(vec![]);
         assert_eq!(
-            plan(&p, Some(&empty), &Backoff::default(), now).actions,
+            plan(&p, Some(&empty), &Backoff::default(), &[], now).actions,
             [Action::Start {
                 name: "setup".into(),
                 init: true,
@@ -319,13 +393,13 @@ mod tests {
         );
         let init_running = sandbox(vec![("setup", 0, ContainerRun::Running { started: now })]);
         assert!(
-            plan(&p, Some(&init_running), &Backoff::default(), now)
+            plan(&p, Some(&init_running), &Backoff::default(), &[], now)
                 .actions
                 .is_empty()
         );
         let init_done = sandbox(vec![("setup", 0, exited(0, now))]);
         assert_eq!(
-            plan(&p, Some(&init_done), &Backoff::default(), now).actions,
+            plan(&p, Some(&init_done), &Backoff::default(), &[], now).actions,
             [Action::Start {
                 name: "app".into(),
                 init: false,
@@ -342,7 +416,7 @@ mod tests {
         let crashed = sandbox(vec![("app", 0, exited(1, now))]);
         // The first restart is at once.
         assert_eq!(
-            plan(&p, Some(&crashed), &backoff, now).actions,
+            plan(&p, Some(&crashed), &backoff, &[], now).actions,
             [Action::Start {
                 name: "app".into(),
                 init: false,
@@ -351,7 +425,7 @@ mod tests {
         );
         backoff.restarted("u1", "app", Some(now), now);
         let again = sandbox(vec![("app", 1, exited(1, now))]);
-        let waiting = plan(&p, Some(&again), &backoff, now);
+        let waiting = plan(&p, Some(&again), &backoff, &[], now);
         assert!(waiting.actions.is_empty());
         assert_eq!(waiting.waiting[0].reason, "CrashLoopBackOff");
         assert!(
@@ -360,7 +434,10 @@ mod tests {
                 .starts_with("back-off 10s restarting failed container=app")
         );
         let later = now + chrono::Duration::seconds(11);
-        assert_eq!(plan(&p, Some(&again), &backoff, later).actions.len(), 1);
+        assert_eq!(
+            plan(&p, Some(&again), &backoff, &[], later).actions.len(),
+            1
+        );
         backoff.restarted("u1", "app", Some(now), now);
         assert_eq!(
             backoff.entries[&("u1".into(), "app".into())].0,
@@ -385,7 +462,7 @@ mod tests {
         let done = sandbox(vec![("app", 0, exited(0, now))]);
         let failed = sandbox(vec![("app", 0, exited(3, now))]);
         let starts = |policy: &str, s: &SandboxState| {
-            plan(&pod(policy, false), Some(s), &Backoff::default(), now)
+            plan(&pod(policy, false), Some(s), &Backoff::default(), &[], now)
                 .actions
                 .iter()
                 .filter(|a| matches!(a, Action::Start { .. }))
@@ -401,6 +478,7 @@ mod tests {
                 &pod("Never", false),
                 Some(&failed),
                 &Backoff::default(),
+                &[],
                 now
             )
             .actions,
@@ -422,7 +500,7 @@ mod tests {
         p.metadata.deletion_grace_period_seconds = Some(5);
         let running = sandbox(vec![("app", 0, ContainerRun::Running { started: now })]);
         assert_eq!(
-            plan(&p, Some(&running), &Backoff::default(), now).actions,
+            plan(&p, Some(&running), &Backoff::default(), &[], now).actions,
             [Action::KillPod {
                 grace: Duration::from_secs(5)
             }]
@@ -430,9 +508,70 @@ mod tests {
         let mut stopped = sandbox(vec![("app", 0, exited(137, now))]);
         stopped.ready = false;
         assert!(
-            plan(&p, Some(&stopped), &Backoff::default(), now)
+            plan(&p, Some(&stopped), &Backoff::default(), &[], now)
                 .actions
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_container_failing_its_liveness_probe_is_killed() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"terminationGracePeriodSeconds": 7, "containers": [{"name": "app", "image": "busybox",
+                "livenessProbe": {"exec": {"command": ["false"]}, "terminationGracePeriodSeconds": 2}}]}
+        }))
+        .unwrap();
+        let now = Utc::now();
+        let running = sandbox(vec![("app", 0, ContainerRun::Running { started: now })]);
+        assert!(
+            plan(&p, Some(&running), &Backoff::default(), &[], now)
+                .actions
+                .is_empty()
+        );
+        assert_eq!(
+            plan(
+                &p,
+                Some(&running),
+                &Backoff::default(),
+                &["app-0".into()],
+                now
+            )
+            .actions,
+            vec![Action::KillContainer {
+                id: "app-0".into(),
+                name: "app".into(),
+                grace: Duration::from_secs(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn failed_pulls_back_off_ten_seconds_doubling_to_five_minutes() {
+        let mut backoff = Backoff::default();
+        let key = ("u1".to_owned(), "registry.test/app:1".to_owned());
+        let now = Utc::now();
+        assert_eq!(backoff.image_waits_until(&key, now), None);
+        let first = backoff.image_failed(key.clone(), now);
+        assert_eq!(first - now, chrono::Duration::seconds(10));
+        assert_eq!(backoff.image_waits_until(&key, now), Some(first));
+        assert_eq!(
+            backoff.image_waits_until(&key, first),
+            None,
+            "over at its end"
+        );
+        assert_eq!(
+            backoff.image_failed(key.clone(), first) - first,
+            chrono::Duration::seconds(20)
+        );
+        for _ in 0..10 {
+            backoff.image_failed(key.clone(), now);
+        }
+        assert_eq!(
+            backoff.image_failed(key.clone(), now) - now,
+            chrono::Duration::seconds(300)
+        );
+        backoff.image_pulled(&key);
+        assert_eq!(backoff.image_waits_until(&key, now), None);
     }
 }

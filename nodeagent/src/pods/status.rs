@@ -37,10 +37,15 @@ fn terminated(state: &ContainerState) -> Option<ContainerStateTerminated> {
     })
 }
 
+/// What the probes say of a running container (its runtime id):
+/// `(started, ready)`.
+pub type Health<'a> = &'a dyn Fn(&str, &Container) -> (bool, bool);
+
 fn container_status(
     container: &Container,
     sandbox: Option<&SandboxState>,
     waiting: &[Waiting],
+    health: Health<'_>,
 ) -> ContainerStatus {
     let latest = sandbox.and_then(|s| s.latest(&container.name));
     let previous = latest.and_then(|l| {
@@ -85,8 +90,9 @@ fn container_status(
         ),
         (Some(l), None) => match &l.run {
             ContainerRun::Running { started } => {
-                status.ready = true;
-                status.started = Some(true);
+                let (probed_started, probed_ready) = health(&l.id, container);
+                status.ready = probed_started && probed_ready;
+                status.started = Some(probed_started);
                 (
                     K8sState {
                         running: Some(ContainerStateRunning {
@@ -180,6 +186,7 @@ pub fn pod_status(
     pod: &Pod,
     sandbox: Option<&SandboxState>,
     waiting: &[Waiting],
+    health: Health<'_>,
     host_ip: &str,
     now: DateTime<Utc>,
 ) -> PodStatus {
@@ -189,12 +196,12 @@ pub fn pod_status(
         .init_containers
         .iter()
         .flatten()
-        .map(|c| container_status(c, sandbox, waiting))
+        .map(|c| container_status(c, sandbox, waiting, health))
         .collect();
     let mut statuses: Vec<ContainerStatus> = spec
         .containers
         .iter()
-        .map(|c| container_status(c, sandbox, waiting))
+        .map(|c| container_status(c, sandbox, waiting, health))
         .collect();
     let incomplete: Vec<String> = init_statuses
         .iter()
@@ -317,6 +324,8 @@ mod tests {
     use crate::runtime::SandboxConfig;
     use serde_json::json;
 
+    const HEALTHY: Health<'static> = &|_, _| (true, true);
+
     fn pod(policy: &str) -> Pod {
         serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"},
             "spec": {"restartPolicy": policy, "containers": [{"name": "app", "image": "busybox"}]}})).unwrap()
@@ -362,9 +371,9 @@ mod tests {
     fn phases_follow_the_containers() {
         let now = Utc::now();
         let p = pod("Never");
-        let pending = pod_status(&p, None, &[], "192.0.2.1", now);
+        let pending = pod_status(&p, None, &[], HEALTHY, "192.0.2.1", now);
         assert_eq!(pending.phase.as_deref(), Some("Pending"));
-        let creating = pod_status(&p, Some(&sandbox(None)), &[], "192.0.2.1", now);
+        let creating = pod_status(&p, Some(&sandbox(None)), &[], HEALTHY, "192.0.2.1", now);
         assert_eq!(
             creating.container_statuses.as_ref().unwrap()[0]
                 .state
@@ -381,6 +390,7 @@ mod tests {
             &p,
             Some(&sandbox(Some(ContainerRun::Running { started: now }))),
             &[],
+            HEALTHY,
             "192.0.2.1",
             now,
         );
@@ -389,23 +399,52 @@ mod tests {
             (Some("Running"), "True")
         );
         assert_eq!(running.pod_ip.as_deref(), Some("10.42.0.5"));
+        // A readiness probe that has not passed keeps it unready.
+        let unready = pod_status(
+            &p,
+            Some(&sandbox(Some(ContainerRun::Running { started: now }))),
+            &[],
+            &|_, _| (true, false),
+            "192.0.2.1",
+            now,
+        );
+        assert_eq!(ready_of(&unready), "False");
+        assert_eq!(
+            unready.container_statuses.as_ref().unwrap()[0].started,
+            Some(true)
+        );
         let exit = |code| ContainerRun::Exited {
             exit_code: code,
             reason: "Error".into(),
             started: Some(now),
             finished: now,
         };
-        let failed = pod_status(&p, Some(&sandbox(Some(exit(2)))), &[], "192.0.2.1", now);
+        let failed = pod_status(
+            &p,
+            Some(&sandbox(Some(exit(2)))),
+            &[],
+            HEALTHY,
+            "192.0.2.1",
+            now,
+        );
         assert_eq!(
             (failed.phase.as_deref(), ready_of(&failed).as_str()),
             (Some("Failed"), "False")
         );
-        let done = pod_status(&p, Some(&sandbox(Some(exit(0)))), &[], "192.0.2.1", now);
+        let done = pod_status(
+            &p,
+            Some(&sandbox(Some(exit(0)))),
+            &[],
+            HEALTHY,
+            "192.0.2.1",
+            now,
+        );
         assert_eq!(done.phase.as_deref(), Some("Succeeded"));
         let restarting = pod_status(
             &pod("Always"),
             Some(&sandbox(Some(exit(1)))),
             &[],
+            HEALTHY,
             "192.0.2.1",
             now,
         );

@@ -196,6 +196,19 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().sandboxes.values().cloned().collect())
     }
 
+    fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        // Every image is there on a hollow node.
+        Ok(Some(format!("fake://{image}")))
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        _credentials: &[crate::images::Credentials],
+    ) -> Result<String, RuntimeError> {
+        Ok(format!("fake://{image}"))
+    }
+
     fn exec_command(
         &self,
         id: &str,
@@ -210,5 +223,13 @@ impl Runtime for FakeRuntime {
 
     fn log_path(&self, _id: &str) -> Option<std::path::PathBuf> {
         None
+    }
+
+    fn network_namespace(&self, _id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn runs_processes(&self) -> bool {
+        false
     }
 }

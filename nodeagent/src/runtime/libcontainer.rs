@@ -33,7 +33,7 @@ use super::{
     ContainerConfig, ContainerRun, ContainerState, Runtime, RuntimeError, SandboxConfig,
     SandboxState,
 };
-use crate::images::{Reference, Store};
+use crate::images::{PullOptions, Reference, Store};
 use crate::shim::{Exited, LogRotation, Started};
 
 /// How long a shim or pause process may take to report.
@@ -64,6 +64,8 @@ pub struct LibcontainerRuntime {
     /// This program, run as `shim` and `pause`.
     binary: PathBuf,
     log_rotation: LogRotation,
+    /// Registries spoken to over plain HTTP (`HOST[:PORT]`).
+    insecure_registries: Vec<String>,
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -104,7 +106,14 @@ impl LibcontainerRuntime {
             images,
             binary,
             log_rotation: LogRotation::default(),
+            insecure_registries: Vec::new(),
         })
+    }
+
+    /// Speaks plain HTTP to these registries (`HOST[:PORT]`).
+    pub fn with_insecure_registries(mut self, registries: Vec<String>) -> Self {
+        self.insecure_registries = registries;
+        self
     }
 
     /// Rotates container logs as `rotation` says.
@@ -532,6 +541,41 @@ impl Runtime for LibcontainerRuntime {
         }
     }
 
+    fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        let failed = |reason: String| RuntimeError::Image {
+            image: image.to_owned(),
+            reason,
+        };
+        let reference = Reference::parse(image).map_err(|e| failed(e.to_string()))?;
+        Ok(self
+            .images
+            .get(&reference)
+            .map_err(|e| failed(e.to_string()))?
+            .map(|i| i.manifest))
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        credentials: &[crate::images::Credentials],
+    ) -> Result<String, RuntimeError> {
+        let failed = |reason: String| RuntimeError::Image {
+            image: image.to_owned(),
+            reason,
+        };
+        let reference = Reference::parse(image).map_err(|e| failed(e.to_string()))?;
+        let options = PullOptions {
+            credentials: credentials.to_vec(),
+            insecure_registries: self.insecure_registries.clone(),
+        };
+        let pulled = self
+            .images
+            .pull(&reference, &options)
+            .await
+            .map_err(|e| failed(keelson_control::runtime::chain(&e)))?;
+        Ok(pulled.manifest)
+    }
+
     fn exec_command(
         &self,
         id: &str,
@@ -559,6 +603,11 @@ impl Runtime for LibcontainerRuntime {
         }
         process.arg("--").args(command).kill_on_drop(true);
         Ok(process)
+    }
+
+    fn network_namespace(&self, id: &str) -> Option<PathBuf> {
+        let record = self.sandbox(id).ok()?;
+        alive(record.pause_pid).then(|| PathBuf::from(format!("/proc/{}/ns/net", record.pause_pid)))
     }
 
     fn log_path(&self, id: &str) -> Option<PathBuf> {

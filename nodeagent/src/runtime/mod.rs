@@ -222,6 +222,21 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every sandbox with its containers.
     fn list(&self) -> impl Future<Output = Result<Vec<SandboxState>, RuntimeError>> + Send;
 
+    /// The id of `image` when it is on the node.
+    ///
+    /// Errors: `image` is not a valid reference ([`RuntimeError::Image`]).
+    fn image_status(&self, image: &str) -> Result<Option<String>, RuntimeError>;
+
+    /// Pulls `image` from its registry, trying `credentials` in order
+    /// (none: anonymously); its id.
+    ///
+    /// Errors: [`RuntimeError::Image`] saying why, as `ErrImagePull` shows it.
+    fn pull_image(
+        &self,
+        image: &str,
+        credentials: &[crate::images::Credentials],
+    ) -> impl Future<Output = Result<String, RuntimeError>> + Send;
+
     /// A process that runs `command` in the running container `id` when
     /// spawned, with the container's environment; its exit status is the
     /// command's. The caller sets its standard streams (with `tty`, a pty).
@@ -233,6 +248,16 @@ pub trait Runtime: Send + Sync + 'static {
         command: &[String],
         tty: bool,
     ) -> Result<tokio::process::Command, RuntimeError>;
+
+    /// The network namespace of the sandbox `id` (`/proc/PID/ns/net`), for
+    /// probes and hooks that connect to the pod. `None` if it has none.
+    fn network_namespace(&self, id: &str) -> Option<std::path::PathBuf>;
+
+    /// Whether containers are real processes (not on hollow nodes, where
+    /// probes and hooks pass without running).
+    fn runs_processes(&self) -> bool {
+        true
+    }
 
     /// The container's log (CRI format); rotated logs are beside it as
     /// `PATH.1` (newest) … `PATH.N`. `None` when the runtime keeps no logs.

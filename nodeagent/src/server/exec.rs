@@ -96,6 +96,18 @@ pub(super) fn exec<R: Runtime>(
         stderr: query_flag(query, "stderr"),
         tty: query_flag(query, "tty"),
     };
+    // What is wrong with the request itself comes first: a client that
+    // falls back to another protocol then shows it.
+    let process = match runtime.exec_command(&container.id, &command, streams.tty) {
+        Ok(process) => process,
+        Err(error) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("cannot exec in container {:?}: {error}", container.name),
+            );
+        }
+    };
     let headers = request.headers();
     let upgrade = headers
         .get(header::UPGRADE)
@@ -121,16 +133,6 @@ pub(super) fn exec<R: Runtime>(
             "BadRequest",
             format!("no supported subprotocol offered; this node speaks {PROTOCOLS:?}"),
         );
-    };
-    let process = match runtime.exec_command(&container.id, &command, streams.tty) {
-        Ok(process) => process,
-        Err(error) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("cannot exec in container {:?}: {error}", container.name),
-            );
-        }
     };
     let upgraded = hyper::upgrade::on(&mut request);
     let name = container.name.clone();
