@@ -55,6 +55,10 @@ pub(crate) struct AgentArgs {
     /// How often the node's Lease is renewed (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
     node_lease_renew_interval: Duration,
+    /// How often every pod is synced again, its ConfigMap, Secret and
+    /// downward API volumes brought up to date (e.g. 1m, 10s).
+    #[arg(long, default_value = "1m", value_parser = crate::server::parse_duration)]
+    sync_frequency: Duration,
     /// The address the agent's HTTPS endpoint (logs, exec, metrics) listens on.
     #[arg(long, default_value = "0.0.0.0")]
     address: std::net::IpAddr,
@@ -203,7 +207,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         lease_duration_seconds: args.node_lease_duration_seconds,
         renew_interval: args.node_lease_renew_interval,
         port: None,
+        data_dir: Some(args.data_dir.clone()),
+        sync_frequency: args.sync_frequency,
     };
+    anyhow::ensure!(
+        !config.sync_frequency.is_zero(),
+        "--sync-frequency must be longer than 0s"
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
     match args.runtime {

@@ -27,20 +27,7 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
-        let data = tempfile::tempdir().expect("the node's data directory");
-        let archive = data.path().join("busybox.tar");
-        common::images::busybox_archive(&archive, IMAGE);
-        let output = Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .args(["image", "import", "--data-dir"])
-            .arg(data.path())
-            .arg(&archive)
-            .output()
-            .expect("run keelson image import");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let data = common::images::node_data_with_busybox(IMAGE);
         Node { data, agent: None }
     }
 
@@ -59,6 +46,8 @@ impl Node {
                 "1s",
                 "--port",
                 "0",
+                "--sync-frequency",
+                "2s",
                 "--data-dir",
             ])
             .arg(self.data.path())
@@ -452,6 +441,26 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     assert!(output.status.success(), "{output:?}");
     assert!(text.contains("on a terminal"), "{text}");
 
+    // The agent's own metrics and the resource usage, through the API.
+    let usage = m0.kubectl_ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/real-1/proxy/metrics/resource",
+    ]);
+    for sample in [
+        r#"container_cpu_usage_seconds_total{container="talker",namespace="default",pod="talker"} "#,
+        r#"container_memory_working_set_bytes{container="talker",namespace="default",pod="talker"} "#,
+        r#"pod_cpu_usage_seconds_total{namespace="default",pod="talker"} "#,
+        "node_memory_working_set_bytes ",
+        "scrape_error 0",
+    ] {
+        assert!(usage.contains(sample), "{sample} in:\n{usage}");
+    }
+    wait_until(CONVERGE, "the agent to count its pod", || {
+        m0.kubectl_ok(&["get", "--raw", "/api/v1/nodes/real-1/proxy/metrics"])
+            .contains("kubelet_running_pods 1\n")
+    });
+
     // --previous: the run before the current one.
     m0.kubectl_ok(&[
         "run",
@@ -672,4 +681,132 @@ fn probes_hooks_and_registry_pulls() {
     );
     drop(follower.kill());
     drop(follower.wait());
+}
+
+#[test]
+fn volumes_show_config_maps_secrets_and_the_pod() {
+    use serde_json::json;
+
+    let plane = Cluster::start_control_plane();
+    let m0 = plane.member(0);
+    let mut node = Node::new();
+    node.start(m0);
+    node.wait_ready(m0);
+    let dir = node.data.path().to_owned();
+    m0.kubectl_ok(&[
+        "create",
+        "configmap",
+        "game",
+        "--from-literal=lives=3",
+        "--from-literal=level=easy",
+    ]);
+    m0.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=s3cret",
+    ]);
+    let host = tempfile::tempdir().expect("a host directory");
+    std::fs::write(host.path().join("motd"), "from the host\n").expect("write");
+    apply(
+        m0,
+        &dir,
+        "reader",
+        &json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reader", "labels": {"app": "reader"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "reader", "image": IMAGE,
+            "command": ["sleep", "3600"],
+            "volumeMounts": [
+                {"name": "config", "mountPath": "/etc/game"},
+                {"name": "secret", "mountPath": "/etc/db", "readOnly": true},
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "memory", "mountPath": "/fast"},
+                {"name": "host", "mountPath": "/host", "readOnly": true},
+                {"name": "info", "mountPath": "/etc/podinfo"}]}],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "game"}},
+                {"name": "secret", "secret": {"secretName": "db", "items": [{"key": "password", "path": "pw", "mode": 256}]}},
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "memory", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
+                {"name": "host", "hostPath": {"path": host.path(), "type": "Directory"}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}),
+    );
+    wait_until(CONVERGE, "reader to run", || {
+        phase_and_state(m0, "reader").starts_with("Running ")
+    });
+    let read = |path: &str| m0.kubectl_ok(&["exec", "reader", "--", "cat", path]);
+    assert_eq!(read("/etc/game/lives"), "3");
+    assert_eq!(read("/etc/game/level"), "easy");
+    assert_eq!(read("/etc/db/pw"), "s3cret");
+    assert_eq!(read("/host/motd"), "from the host\n");
+    assert_eq!(read("/etc/podinfo/name"), "reader");
+    assert_eq!(read("/etc/podinfo/labels"), "app=\"reader\"");
+    let mounts = read("/proc/mounts");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" /fast tmpfs ") && l.contains("size=8192k")),
+        "{mounts}"
+    );
+    assert!(
+        mounts.lines().any(|l| l.contains(" /etc/db tmpfs ro")),
+        "secrets are on tmpfs, read-only here: {mounts}"
+    );
+    // The container writes where it may, and only there.
+    m0.kubectl_ok(&[
+        "exec",
+        "reader",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /scratch/note",
+    ]);
+    assert_eq!(read("/scratch/note"), "kept\n");
+    let refused = m0.kubectl(&["exec", "reader", "--", "sh", "-c", "echo x > /etc/db/new"]);
+    assert!(!refused.status.success(), "a read-only mount");
+
+    // An updated ConfigMap reaches the file.
+    m0.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "game",
+        "-p",
+        r#"{"data":{"lives":"9"}}"#,
+    ]);
+    wait_until(CONVERGE, "the new value in the file", || {
+        m0.kubectl(&["exec", "reader", "--", "cat", "/etc/game/lives"])
+            .stdout
+            == b"9"
+    });
+
+    // A pod whose ConfigMap is missing waits, saying why.
+    apply(
+        m0,
+        &dir,
+        "lost",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "lost"},
+        "spec": {"containers": [{"name": "lost", "image": IMAGE, "command": ["sleep", "3600"],
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/x"}]}],
+            "volumes": [{"name": "config", "configMap": {"name": "nowhere"}}]}}),
+    );
+    wait_until(CONVERGE, "lost to wait for its volume", || {
+        let events = m0.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=lost",
+        ]);
+        events.contains("FailedMount") && events.contains(r#"configmap "nowhere" not found"#)
+    });
+    assert!(phase_and_state(m0, "lost").starts_with("Pending "));
+
+    // Deleting the pods leaves nothing mounted.
+    m0.kubectl_ok(&["delete", "pod", "reader", "lost", "--timeout=30s"]);
+    wait_until(CONVERGE, "the pods' volumes to be gone", || {
+        mounts_under(node.data.path()).is_empty()
+            && std::fs::read_dir(node.data.path().join("pods")).map_or(true, |d| d.count() == 0)
+    });
 }

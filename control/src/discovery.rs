@@ -81,6 +81,7 @@ fn subresource_verbs(subresource: &str) -> &'static [&'static str] {
         "binding" | "eviction" => &["create"],
         "log" => &["get"],
         "exec" => &["create", "get"],
+        "proxy" => &["create", "delete", "get", "patch", "update"],
         "finalize" => &["update"],
         _ => &["get", "patch", "update"],
     }

@@ -160,7 +160,7 @@ pub static RESOURCES: &[Resource] = &[
         &["no"],
         NONE,
         "minions",
-        &["status"]
+        &["status", "proxy"]
     ),
     resource!(
         "",

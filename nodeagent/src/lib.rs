@@ -29,6 +29,8 @@ pub mod pods;
 pub mod runtime;
 pub mod server;
 pub mod shim;
+pub mod stats;
+pub mod volumes;
 
 pub use node::NodeConfig;
 use runtime::Runtime;
@@ -181,27 +183,29 @@ pub async fn run<R: Runtime>(
         shutdown.clone(),
     );
     tasks.spawn(writer);
+    let data_dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/keelson/agent"));
+    let mut volumes = volumes::Volumes::new(&data_dir, client.clone(), allocatable);
+    if !runtime.runs_processes() {
+        volumes = volumes.hollow();
+    }
     let workers = pods::PodWorkers::new(
         client.clone(),
         runtime,
         &pods,
-        config.ip.clone(),
-        allocatable,
+        Arc::new(volumes),
+        pods::WorkerConfig {
+            host_ip: config.ip.clone(),
+            allocatable,
+            sync_frequency: config.sync_frequency,
+        },
         Some(events),
         shutdown.clone(),
     );
     tasks.spawn(pods.run(client.clone(), shutdown.clone()));
-    tasks.spawn(workers.clone().run(10, shutdown.clone()));
-    let gauges = shutdown.clone();
-    tasks.spawn(async move {
-        loop {
-            workers.count_running().await;
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                () = gauges.cancelled() => return,
-            }
-        }
-    });
+    tasks.spawn(workers.run(10, shutdown.clone()));
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -38,6 +38,11 @@ pub struct NodeConfig {
     pub renew_interval: Duration,
     /// The port of the agent's HTTPS endpoint, when it serves one.
     pub port: Option<u16>,
+    /// Where the agent keeps its data: its file system's free space is
+    /// the node's disk pressure.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// How often every pod is synced again (Kubernetes: 1 minute).
+    pub sync_frequency: Duration,
 }
 
 /// What the machine has.
@@ -102,26 +107,127 @@ fn architecture() -> &'static str {
 }
 
 /// The conditions of a healthy node, with Kubernetes' reasons.
-fn conditions(now: Time, previous: Option<&[NodeCondition]>) -> Vec<NodeCondition> {
+/// What the node is short of, judged by the kubelet's hard eviction
+/// thresholds: memory available under 100Mi, the data directory's file
+/// system under 10% free (or 5% of inodes), processes over 90% of pid_max.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+/// Memory under this is pressure (the kubelet's `memory.available<100Mi`).
+const MEMORY_AVAILABLE_MIN: u64 = 100 << 20;
+
+impl Pressure {
+    /// Judges the figures read from the machine.
+    pub fn judge(
+        memory_available: Option<u64>,
+        disk: Option<(u64, u64, u64, u64)>,
+        processes: Option<(u64, u64)>,
+    ) -> Self {
+        Self {
+            memory: memory_available.is_some_and(|a| a < MEMORY_AVAILABLE_MIN),
+            // (free blocks, blocks, free inodes, inodes)
+            disk: disk.is_some_and(|(free, total, ifree, itotal)| {
+                (total > 0 && free * 10 < total) || (itotal > 0 && ifree * 20 < itotal)
+            }),
+            pid: processes.is_some_and(|(running, max)| max > 0 && running * 10 > max * 9),
+        }
+    }
+
+    /// Reads the machine: /proc/meminfo, the file system of `data_dir`,
+    /// /proc/loadavg's process count and the kernel's pid_max.
+    pub fn read(data_dir: Option<&std::path::Path>) -> Self {
+        let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines().find_map(|l| {
+                let kib: u64 = l
+                    .strip_prefix("MemAvailable:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some(kib * 1024)
+            })
+        });
+        let disk = data_dir
+            .and_then(|d| nix::sys::statvfs::statvfs(d).ok())
+            .map(|v| {
+                (
+                    v.blocks_available(),
+                    v.blocks(),
+                    v.files_available(),
+                    v.files(),
+                )
+            });
+        let processes = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| {
+            let total = l
+                .split_whitespace()
+                .nth(3)?
+                .split_once('/')?
+                .1
+                .parse()
+                .ok()?;
+            let max = read_trimmed("/proc/sys/kernel/pid_max").parse().ok()?;
+            Some((total, max))
+        });
+        Self::judge(available, disk, processes)
+    }
+}
+
+fn conditions(
+    now: Time,
+    previous: Option<&[NodeCondition]>,
+    pressure: Pressure,
+) -> Vec<NodeCondition> {
+    let flag = |on: bool| if on { "True" } else { "False" };
     [
-        (
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        (
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-        ),
-        (
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        if pressure.memory {
+            (
+                "MemoryPressure",
+                "True",
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            (
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        },
+        if pressure.disk {
+            (
+                "DiskPressure",
+                flag(true),
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
+        } else {
+            (
+                "DiskPressure",
+                flag(false),
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
+        },
+        if pressure.pid {
+            (
+                "PIDPressure",
+                "True",
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            (
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
         (
             "Ready",
             "True",
@@ -196,7 +302,11 @@ pub fn node_object(config: &NodeConfig, machine: &Machine, runtime_version: &str
         status: Some(NodeStatus {
             capacity: Some(capacity),
             allocatable: Some(allocatable),
-            conditions: Some(conditions(now, None)),
+            conditions: Some(conditions(
+                now,
+                None,
+                Pressure::read(config.data_dir.as_deref()),
+            )),
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
@@ -314,11 +424,22 @@ pub async fn heartbeat<R: Runtime>(
                     cidr_known = true;
                 }
                 let previous = node.status.as_ref().and_then(|s| s.conditions.as_deref());
-                let healthy = previous
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if !healthy {
-                    let patch =
-                        json!({"status": {"conditions": conditions(Time(Utc::now()), previous)}});
+                let now = conditions(
+                    Time(Utc::now()),
+                    previous,
+                    Pressure::read(config.data_dir.as_deref()),
+                );
+                // Written when a condition changed (Ready again after the node
+                // controller marked it Unknown, pressure coming or going).
+                let same = previous.is_some_and(|before| {
+                    now.iter().all(|c| {
+                        before
+                            .iter()
+                            .any(|b| b.type_ == c.type_ && b.status == c.status)
+                    })
+                });
+                if !same {
+                    let patch = json!({"status": {"conditions": now}});
                     if let Err(error) = client
                         .patch::<Node>(None, &config.name, Some("status"), Patch::Strategic, &patch)
                         .await
@@ -343,5 +464,43 @@ pub async fn heartbeat<R: Runtime>(
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_follows_the_eviction_thresholds() {
+        assert_eq!(Pressure::judge(None, None, None), Pressure::default());
+        let plenty = Pressure::judge(
+            Some(1 << 30),
+            Some((50, 100, 50, 100)),
+            Some((100, 4_194_304)),
+        );
+        assert_eq!(plenty, Pressure::default());
+        assert!(Pressure::judge(Some(99 << 20), None, None).memory);
+        assert!(Pressure::judge(None, Some((9, 100, 50, 100)), None).disk);
+        assert!(
+            Pressure::judge(None, Some((50, 100, 4, 100)), None).disk,
+            "inodes"
+        );
+        assert!(Pressure::judge(None, None, Some((950, 1000))).pid);
+        let now = Time(Utc::now());
+        let tight = conditions(
+            now,
+            None,
+            Pressure {
+                memory: true,
+                disk: false,
+                pid: false,
+            },
+        );
+        let memory = tight.iter().find(|c| c.type_ == "MemoryPressure").unwrap();
+        assert_eq!(
+            (memory.status.as_str(), memory.reason.as_deref()),
+            ("True", Some("KubeletHasInsufficientMemory"))
+        );
     }
 }

@@ -62,3 +62,23 @@ pub(crate) fn busybox_archive(path: &Path, name: &str) {
     }
     archive.finish().expect("archive");
 }
+
+/// A node's data directory (temporary) with the busybox image imported as
+/// `name` through `keelson image import`.
+pub(crate) fn node_data_with_busybox(name: &str) -> tempfile::TempDir {
+    let data = tempfile::tempdir().expect("the node's data directory");
+    let archive = data.path().join("busybox.tar");
+    busybox_archive(&archive, name);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["image", "import", "--data-dir"])
+        .arg(data.path())
+        .arg(&archive)
+        .output()
+        .expect("run keelson image import");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    data
+}

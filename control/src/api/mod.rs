@@ -402,6 +402,16 @@ impl Api {
             );
             return (Ok(ok), "GET", String::new());
         }
+        if let ["api", "v1", "nodes", node, "proxy", rest @ ..] = segments.as_slice()
+            && request.method() == Method::GET
+        {
+            let path = format!("/{}", rest.join("/"));
+            return (
+                self.node_proxy(node, &path, request.uri().query()).await,
+                "CONNECT",
+                "nodes".into(),
+            );
+        }
         let target = match segments.as_slice() {
             ["api", "v1", rest @ ..] => parse_target("", "v1", rest),
             ["apis", group, version, rest @ ..] => parse_target(group, version, rest),

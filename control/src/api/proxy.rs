@@ -6,6 +6,7 @@
 //!  kubectl ─► GET pods/NAME/log?container=C&follow…  ─► agent GET /containerLogs/NS/NAME/C?…  (streamed back)
 //!  kubectl ─► GET pods/NAME/exec?command=…  Upgrade: websocket
 //!                 └─► agent GET /exec/NS/NAME/C?…  Upgrade: websocket ─► 101 ─► bytes spliced both ways
+//!  GET nodes/NAME/proxy/PATH ─► agent GET /PATH  (/metrics, /metrics/resource, /healthz)
 //! ```
 //!
 //! The agent's serving certificate is checked against the cluster CA for
@@ -152,6 +153,65 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl Api {
+    /// The address and port of node `name`'s agent.
+    async fn agent_of(&self, name: &str) -> Result<(String, u16)> {
+        let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::no_such_path)?;
+        let node = self
+            .get(&Target {
+                resource: nodes,
+                namespace: None,
+                name: Some(name.to_owned()),
+                subresource: None,
+            })
+            .await?;
+        let addresses = node["status"]["addresses"].as_array();
+        let address = ["InternalIP", "ExternalIP", "Hostname"]
+            .iter()
+            .find_map(|kind| {
+                addresses
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["type"] == *kind)
+                    .and_then(|a| a["address"].as_str())
+            })
+            .ok_or_else(|| ApiError::internal(format!("node {name} reports no address")))?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .filter(|p| (1..=65535).contains(p))
+            .ok_or_else(|| ApiError::internal(format!("node {name} reports no agent endpoint")))?;
+        Ok((address.to_owned(), port as u16))
+    }
+
+    /// `GET nodes/NAME/proxy/PATH`: the agent's `PATH` (its metrics,
+    /// `/metrics/resource`, `/healthz`), streamed through.
+    pub(super) async fn node_proxy(
+        &self,
+        name: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Response<Body>> {
+        let (host, port) = self.agent_of(name).await?;
+        let path = match query {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path.to_owned(),
+        };
+        self.agent_get(&host, port, &path).await
+    }
+
+    /// A GET to an agent, its answer streamed through.
+    async fn agent_get(&self, host: &str, port: u16, path: &str) -> Result<Response<Body>> {
+        let mut sender = self.connector()?.connect(host, port).await?;
+        let forwarded = Request::get(path)
+            .header(header::HOST, format!("{host}:{port}"))
+            .body(Body::empty())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let response = sender
+            .send_request(forwarded)
+            .await
+            .map_err(|e| ApiError::internal(format!("node agent at {host}:{port}: {e}")))?;
+        Ok(response.map(Body::new))
+    }
+
     /// The pod, its node's agent address, and the container asked for.
     async fn agent_target(
         &self,
@@ -167,33 +227,8 @@ impl Api {
                 "pod {name} does not have a host assigned"
             )));
         }
-        let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::no_such_path)?;
-        let node = self
-            .get(&Target {
-                resource: nodes,
-                namespace: None,
-                name: Some(node_name.to_owned()),
-                subresource: None,
-            })
-            .await?;
-        let addresses = node["status"]["addresses"].as_array();
-        let address = ["InternalIP", "ExternalIP", "Hostname"]
-            .iter()
-            .find_map(|kind| {
-                addresses
-                    .into_iter()
-                    .flatten()
-                    .find(|a| a["type"] == *kind)
-                    .and_then(|a| a["address"].as_str())
-            })
-            .ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address")))?;
-        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-            .as_u64()
-            .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| {
-                ApiError::internal(format!("node {node_name} reports no agent endpoint"))
-            })?;
-        Ok((pod, address.to_owned(), port as u16, container))
+        let (address, port) = self.agent_of(node_name).await?;
+        Ok((pod, address, port, container))
     }
 
     fn connector(&self) -> Result<&NodeConnector> {
@@ -216,16 +251,7 @@ impl Api {
             target.name(),
             forwarded_query(query)
         );
-        let mut sender = self.connector()?.connect(&host, port).await?;
-        let forwarded = Request::get(path)
-            .header(header::HOST, format!("{host}:{port}"))
-            .body(Body::empty())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let response = sender
-            .send_request(forwarded)
-            .await
-            .map_err(|e| ApiError::internal(format!("node agent at {host}:{port}: {e}")))?;
-        Ok(response.map(Body::new))
+        self.agent_get(&host, port, &path).await
     }
 
     /// `pods/NAME/exec` with a WebSocket upgrade: the agent's `101`, then

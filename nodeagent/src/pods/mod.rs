@@ -22,6 +22,7 @@ use crate::images::{Keyring, Reference};
 use crate::runtime::{
     ContainerConfig, ContainerRun, Runtime, RuntimeError, SandboxConfig, SandboxState,
 };
+use crate::volumes::{VolumeError, Volumes};
 
 pub mod env;
 pub mod plan;
@@ -69,6 +70,22 @@ pub struct PodWorkers<R> {
     allocatable: env::Allocatable,
     prober: Arc<Prober>,
     events: Option<Recorder>,
+    volumes: Arc<Volumes>,
+    /// How often every pod is synced again (the kubelet's
+    /// `--sync-frequency`), and its ConfigMap, Secret and downward API
+    /// volumes brought up to date.
+    sync_frequency: Duration,
+    /// When each pod's volumes were last brought up to date (by uid).
+    volumes_updated: Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// What the pod workers are set up with, besides their collaborators.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub host_ip: String,
+    /// What the node has, for `resourceFieldRef`s of unset limits.
+    pub allocatable: env::Allocatable,
+    pub sync_frequency: Duration,
 }
 
 fn sandbox_config(pod: &Pod) -> SandboxConfig {
@@ -113,11 +130,13 @@ fn container_of<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a Containe
     }
 }
 
-/// The container resolved for the runtime, with its environment `env`.
+/// The container resolved for the runtime, with its environment `env` and
+/// its volumes' `mounts`.
 fn container_config(
     container: &Container,
     attempt: u32,
     env: Vec<(String, String)>,
+    mounts: Vec<crate::runtime::Mount>,
 ) -> ContainerConfig {
     ContainerConfig {
         name: container.name.clone(),
@@ -128,6 +147,7 @@ fn container_config(
         env,
         working_dir: container.working_dir.clone(),
         resources: crate::runtime::Resources::of(container.resources.as_ref()),
+        mounts,
     }
 }
 
@@ -136,8 +156,8 @@ impl<R: Runtime> PodWorkers<R> {
         client: Client,
         runtime: Arc<R>,
         pods: &Informer<Pod>,
-        host_ip: String,
-        allocatable: env::Allocatable,
+        volumes: Arc<Volumes>,
+        config: WorkerConfig,
         events: Option<Recorder>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -147,10 +167,13 @@ impl<R: Runtime> PodWorkers<R> {
             pods: pods.clone(),
             queue: Queue::new("kubelet_pod_worker", shutdown),
             backoff: Mutex::new(Backoff::default()),
-            host_ip,
-            allocatable,
+            host_ip: config.host_ip,
+            allocatable: config.allocatable,
             prober: Arc::new(Prober::default()),
             events,
+            volumes,
+            sync_frequency: config.sync_frequency,
+            volumes_updated: Mutex::new(std::collections::HashMap::new()),
         });
         let queue = workers.queue.clone();
         pods.on_event(move |event| {
@@ -162,6 +185,59 @@ impl<R: Runtime> PodWorkers<R> {
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes the volumes of pods neither bound here nor with a sandbox.
+    async fn sweep_volumes(&self) {
+        let mut live: std::collections::HashSet<String> = self
+            .pods
+            .list()
+            .into_iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        match self.runtime.list().await {
+            Ok(sandboxes) => live.extend(sandboxes.into_iter().map(|s| s.config.pod_uid)),
+            // Without the runtime's word, nothing is known to be gone.
+            Err(_) => return,
+        }
+        for uid in self.volumes.sweep(&live).await {
+            tracing::info!(pod_uid = %uid, "removed the volumes of a pod that is gone");
+        }
+    }
+
+    /// Sets up the pod's volumes, and brings those showing objects up to
+    /// date once per half sync period.
+    async fn volumes_ready(&self, pod: &Pod) -> Result<(), VolumeError> {
+        self.volumes.prepare(pod).await?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let due = {
+            let mut updated = self
+                .volumes_updated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = updated
+                .get(&uid)
+                .is_none_or(|at| at.elapsed() >= self.sync_frequency / 2);
+            if due {
+                updated.insert(uid, Instant::now());
+            }
+            due
+        };
+        if due {
+            self.volumes.update(pod).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the pod's volumes once its sandboxes are gone.
+    async fn remove_volumes(&self, uid: &str) {
+        self.volumes_updated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+        if let Err(error) = self.volumes.remove(uid).await {
+            tracing::warn!(pod_uid = %uid, %error, "cannot remove the pod's volumes yet");
+        }
     }
 
     /// Records an event about `pod` (or one of its containers), as the kubelet.
@@ -526,6 +602,22 @@ impl<R: Runtime> PodWorkers<R> {
                 ));
             }
         }
+        // Every pod again every sync period (volumes brought up to date),
+        // and the volumes of pods that are gone swept away.
+        let resync = self.clone();
+        let resync_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                resync.sweep_volumes().await;
+                tokio::select! {
+                    () = tokio::time::sleep(resync.sync_frequency) => {}
+                    () = resync_shutdown.cancelled() => return,
+                }
+                for pod in resync.pods.list() {
+                    resync.queue.add(key_of(&pod.metadata));
+                }
+            }
+        });
         // What the runtime reports changes without the API knowing (a
         // container exits): relist every second, and sync the pods whose
         // containers changed, as the kubelet's PLEG does.
@@ -542,6 +634,7 @@ impl<R: Runtime> PodWorkers<R> {
                 let Ok(sandboxes) = relister.runtime.list().await else {
                     continue;
                 };
+                count_running(&sandboxes);
                 let mut now = std::collections::HashMap::new();
                 for sandbox in sandboxes {
                     let key = format!("{}/{}", sandbox.config.namespace, sandbox.config.name);
@@ -614,6 +707,7 @@ impl<R: Runtime> PodWorkers<R> {
                 .await
                 .map_err(Self::runtime_failed(key))?;
             self.backoff().forget(&stale.config.pod_uid);
+            self.remove_volumes(&stale.config.pod_uid).await;
         }
         sandboxes.retain(|s| Some(&s.config.pod_uid) == uid.as_ref());
         let Some(pod) = pod else {
@@ -622,6 +716,21 @@ impl<R: Runtime> PodWorkers<R> {
         };
         let mut sandbox = sandboxes.into_iter().next();
         let mut waiting = Vec::new();
+        // No container starts before the pod's volumes are there.
+        let volumes = if pod.metadata.deletion_timestamp.is_none() {
+            self.volumes_ready(&pod).await.err()
+        } else {
+            None
+        };
+        if let Some(error) = &volumes {
+            self.event(
+                &pod,
+                None,
+                EventType::Warning,
+                error.reason(),
+                error.to_string(),
+            );
+        }
         for _ in 0..MAX_STEPS {
             let unhealthy: Vec<String> = sandbox
                 .iter()
@@ -630,13 +739,28 @@ impl<R: Runtime> PodWorkers<R> {
                 .filter(|c| self.prober.unhealthy(&c.id).is_some())
                 .map(|c| c.id.clone())
                 .collect();
-            let plan = plan::plan(
+            let mut plan = plan::plan(
                 &pod,
                 sandbox.as_ref(),
                 &self.backoff(),
                 &unhealthy,
                 Utc::now(),
             );
+            if let Some(error) = &volumes {
+                plan.actions.retain(|a| !matches!(a, Action::Start { .. }));
+                for action in
+                    plan::plan(&pod, sandbox.as_ref(), &Backoff::default(), &[], Utc::now()).actions
+                {
+                    if let Action::Start { name, .. } = action {
+                        plan.waiting.push(plan::Waiting {
+                            name,
+                            reason: "ContainerCreating",
+                            message: error.to_string(),
+                            until: Utc::now() + chrono::Duration::seconds(5),
+                        });
+                    }
+                }
+            }
             waiting = plan.waiting;
             if plan.actions.is_empty() {
                 break;
@@ -660,6 +784,40 @@ impl<R: Runtime> PodWorkers<R> {
         if let Some(s) = &sandbox {
             self.collect_garbage(s).await;
         }
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        // Probe the running containers (none once the pod is going).
+        let reported = |id: &str| {
+            let status = pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .find(|c| c.container_id.as_deref() == Some(status::container_id(id).as_str()));
+            probe::Reported {
+                started: status.is_some_and(|c| c.started == Some(true)),
+                ready: status.is_some_and(|c| c.ready),
+            }
+        };
+        let probed: Vec<probe::Running> = match &sandbox {
+            Some(s) if !deleting => pod
+                .spec
+                .iter()
+                .flat_map(|spec| &spec.containers)
+                .filter_map(|c| {
+                    let latest = s.latest(&c.name)?;
+                    match latest.run {
+                        ContainerRun::Running { started } => Some(probe::Running {
+                            id: latest.id.clone(),
+                            container: c.clone(),
+                            started,
+                            reported: reported(&latest.id),
+                        }),
+                        _ => None,
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.prober.sync(self, key, &probed);
         let prober = self.prober.clone();
         let health = move |id: &str, container: &Container| {
             let started = prober.passed(id, container, Kind::Startup);
@@ -676,26 +834,7 @@ impl<R: Runtime> PodWorkers<R> {
             &self.host_ip,
             Utc::now(),
         );
-        let deleting = pod.metadata.deletion_timestamp.is_some();
-        // Probe the running containers (none once the pod is going).
-        let probed: Vec<(String, Container, chrono::DateTime<Utc>)> = match &sandbox {
-            Some(s) if !deleting => pod
-                .spec
-                .iter()
-                .flat_map(|spec| &spec.containers)
-                .filter_map(|c| {
-                    let latest = s.latest(&c.name)?;
-                    match latest.run {
-                        ContainerRun::Running { started } => {
-                            Some((latest.id.clone(), c.clone(), started))
-                        }
-                        _ => None,
-                    }
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.prober.sync(self, key, &probed);
+
         let stopped = sandbox.as_ref().is_none_or(|s| {
             !s.ready
                 && s.containers
@@ -710,6 +849,8 @@ impl<R: Runtime> PodWorkers<R> {
                     .map_err(Self::runtime_failed(key))?;
             }
             self.backoff().forget(uid.as_deref().unwrap_or_default());
+            self.remove_volumes(uid.as_deref().unwrap_or_default())
+                .await;
             let (namespace, name) = split_key(key);
             let options = DeleteOptions {
                 uid: uid.clone(),
@@ -839,7 +980,27 @@ impl<R: Runtime> PodWorkers<R> {
                         }));
                     }
                 };
-                let config = container_config(container, attempt, env);
+                let mounts = match self.volumes.prepare(pod).await.and_then(|prepared| {
+                    self.volumes.mounts(
+                        &prepared,
+                        pod,
+                        container,
+                        attempt,
+                        &env,
+                        sandbox.ip.as_slice(),
+                    )
+                }) {
+                    Ok(mounts) => mounts,
+                    Err(error) => {
+                        return Ok(Some(plan::Waiting {
+                            name,
+                            reason: error.reason(),
+                            message: error.to_string(),
+                            until: retry,
+                        }));
+                    }
+                };
+                let config = container_config(container, attempt, env, mounts);
                 if attempt > 0
                     && let Some(ContainerRun::Exited {
                         started, finished, ..
@@ -871,21 +1032,19 @@ impl<R: Runtime> PodWorkers<R> {
         }
         outcome.map(|()| None)
     }
+}
 
-    /// Pods and containers running on this node, for the kubelet gauges.
-    pub async fn count_running(&self) {
-        if let Ok(sandboxes) = self.runtime.list().await {
-            let pods = sandboxes.iter().filter(|s| s.ready).count();
-            let containers = sandboxes
-                .iter()
-                .flat_map(|s| &s.containers)
-                .filter(|c| matches!(c.run, ContainerRun::Running { .. }))
-                .count();
-            metrics::gauge!("kubelet_running_pods").set(pods as f64);
-            metrics::gauge!("kubelet_running_containers", "container_state" => "running")
-                .set(containers as f64);
-        }
-    }
+/// Sets the kubelet's gauges of the pods and containers running here.
+fn count_running(sandboxes: &[SandboxState]) {
+    let pods = sandboxes.iter().filter(|s| s.ready).count();
+    let containers = sandboxes
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter(|c| matches!(c.run, ContainerRun::Running { .. }))
+        .count();
+    metrics::gauge!("kubelet_running_pods").set(pods as f64);
+    metrics::gauge!("kubelet_running_containers", "container_state" => "running")
+        .set(containers as f64);
 }
 
 impl<R: Runtime> probe::Probing for PodWorkers<R> {

@@ -379,6 +379,24 @@ pub trait Probing: Send + Sync + 'static {
     fn changed(&self, pod: &str, container: &Container, kind: Kind, failure: Option<String>);
 }
 
+/// A running container to probe.
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// Its runtime id.
+    pub id: String,
+    pub container: Container,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// What the pod's status says of it already (an agent restarted).
+    pub reported: Reported,
+}
+
+/// A container's `started` and `ready` in the pod's reported status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub started: bool,
+    pub ready: bool,
+}
+
 /// Probe results per running container, and the workers making them.
 #[derive(Debug, Default)]
 pub struct Prober {
@@ -421,15 +439,16 @@ impl Prober {
     }
 
     /// Keeps one worker per probe of each running container of `pod` in
-    /// `running` (runtime id, container, started), and none for its others.
-    pub fn sync<P: Probing>(
-        self: &Arc<Self>,
-        probing: &Arc<P>,
-        pod: &str,
-        running: &[(String, Container, chrono::DateTime<chrono::Utc>)],
-    ) {
+    /// `running`, and none for its others.
+    pub fn sync<P: Probing>(self: &Arc<Self>, probing: &Arc<P>, pod: &str, running: &[Running]) {
         let mut workers = self.workers();
-        for (id, container, started) in running {
+        for Running {
+            id,
+            container,
+            started,
+            reported,
+        } in running
+        {
             for kind in Kind::ALL {
                 let Some(probe) = kind.of(container) else {
                     continue;
@@ -438,7 +457,15 @@ impl Prober {
                 if workers.contains_key(&key) {
                     continue;
                 }
-                self.results().insert(key.clone(), kind.initial());
+                // A container the pod's status already calls started (or
+                // ready) stays so until a probe says otherwise: a restarted
+                // agent does not make its pods unready.
+                let initial = match kind {
+                    Kind::Startup if reported.started => Some(true),
+                    Kind::Readiness if reported.ready => Some(true),
+                    _ => kind.initial(),
+                };
+                self.results().insert(key.clone(), initial);
                 let worker = tokio::spawn(self.clone().work(
                     probing.clone(),
                     pod.to_owned(),
@@ -447,6 +474,7 @@ impl Prober {
                     kind,
                     Timing::of(probe),
                     *started,
+                    initial,
                 ));
                 workers.insert(key, (pod.to_owned(), worker.abort_handle()));
             }
@@ -455,7 +483,7 @@ impl Prober {
             let keep = owner != pod
                 || running
                     .iter()
-                    .any(|(running, c, _)| running == id && kind.of(c).is_some());
+                    .any(|r| &r.id == id && kind.of(&r.container).is_some());
             if !keep {
                 worker.abort();
                 self.results().remove(&(id.clone(), *kind));
@@ -474,10 +502,12 @@ impl Prober {
         kind: Kind,
         timing: Timing,
         started: chrono::DateTime<chrono::Utc>,
+        initial: Option<bool>,
     ) {
         let since_start = (chrono::Utc::now() - started).to_std().unwrap_or_default();
         tokio::time::sleep(timing.initial_delay.saturating_sub(since_start)).await;
         let mut tracker = Tracker::new(kind);
+        tracker.result = initial;
         let mut ticks = tokio::time::interval(timing.period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -36,6 +36,9 @@ use super::{
 use crate::images::{PullOptions, Reference, Store};
 use crate::shim::{Exited, LogRotation, Started};
 
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// How long a shim or pause process may take to report.
 const STARTUP: Duration = Duration::from_secs(10);
 
@@ -409,7 +412,7 @@ impl Runtime for LibcontainerRuntime {
         }
         // The pod's cgroups, in every hierarchy (their containers' are gone).
         if let Ok(record) = self.sandbox(id)
-            && let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup")
+            && let Ok(hierarchies) = std::fs::read_dir(CGROUP_ROOT)
         {
             for hierarchy in hierarchies.flatten() {
                 let _ = std::fs::remove_dir(
@@ -471,7 +474,16 @@ impl Runtime for LibcontainerRuntime {
         };
         write_json(&dir.join("container.json"), &record)?;
         let rootfs = self.mount_rootfs(&bundle, &lower)?;
-        let spec = self.spec(&sandbox, config, &image_config, &rootfs)?;
+        let mut spec = self.spec(&sandbox, config, &image_config, &rootfs)?;
+        let hostname = dir.join("hostname");
+        std::fs::write(&hostname, format!("{}\n", sandbox.config.hostname))
+            .map_err(failed(hostname.display().to_string()))?;
+        add_mounts(&mut spec, &config.mounts, Some(&hostname)).map_err(|e| {
+            RuntimeError::Container {
+                container: config.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         spec.save(bundle.join("config.json"))
             .map_err(|e| RuntimeError::Container {
                 container: config.name.clone(),
@@ -605,6 +617,20 @@ impl Runtime for LibcontainerRuntime {
         Ok(process)
     }
 
+    fn container_usage(&self, sandbox: &SandboxState, name: &str) -> Option<crate::stats::Usage> {
+        crate::stats::cgroup_usage(
+            Path::new(CGROUP_ROOT),
+            &format!("keelson/pod{}/{name}", sandbox.config.pod_uid),
+        )
+    }
+
+    fn pod_usage(&self, sandbox: &SandboxState) -> Option<crate::stats::Usage> {
+        crate::stats::cgroup_usage(
+            Path::new(CGROUP_ROOT),
+            &format!("keelson/pod{}", sandbox.config.pod_uid),
+        )
+    }
+
     fn network_namespace(&self, id: &str) -> Option<PathBuf> {
         let record = self.sandbox(id).ok()?;
         alive(record.pause_pid).then(|| PathBuf::from(format!("/proc/{}/ns/net", record.pause_pid)))
@@ -646,5 +672,177 @@ impl Runtime for LibcontainerRuntime {
             }
         }
         Ok(sandboxes)
+    }
+}
+
+/// Where a container sees its sandbox's host name.
+const ETC_HOSTNAME: &str = "/etc/hostname";
+
+/// Adds the container's mounts to `spec`, after the default ones (/proc,
+/// /dev, …): bind mounts (`rbind`, `ro` when read-only, the propagation
+/// asked for), parents before what is mounted below them. A container
+/// mount replaces a default one at the same place. `hostname`, a file
+/// holding the sandbox's host name, is mounted on /etc/hostname unless
+/// the container mounts something there.
+///
+/// Errors: a mount the OCI spec cannot hold.
+fn add_mounts(
+    spec: &mut Spec,
+    mounts: &[super::Mount],
+    hostname: Option<&Path>,
+) -> Result<(), libcontainer::oci_spec::OciSpecError> {
+    use super::Propagation;
+    let mut wanted: Vec<super::Mount> = mounts.to_vec();
+    if let Some(file) = hostname
+        && !mounts.iter().any(|m| m.container_path == ETC_HOSTNAME)
+    {
+        wanted.push(super::Mount {
+            host_path: file.to_owned(),
+            container_path: ETC_HOSTNAME.to_owned(),
+            read_only: false,
+            propagation: Propagation::Private,
+        });
+    }
+    // Stable: mounts at the same depth keep their order.
+    wanted.sort_by_key(|m| Path::new(&m.container_path).components().count());
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    all.retain(|d| {
+        !wanted
+            .iter()
+            .any(|m| Path::new(&m.container_path) == d.destination())
+    });
+    for mount in &wanted {
+        let propagation = match mount.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        };
+        let access = if mount.read_only { "ro" } else { "rw" };
+        all.push(
+            libcontainer::oci_spec::runtime::MountBuilder::default()
+                .destination(&mount.container_path)
+                .typ("bind")
+                .source(&mount.host_path)
+                .options(vec!["rbind".into(), propagation.into(), access.into()])
+                .build()?,
+        );
+    }
+    spec.set_mounts(Some(all));
+    // Mounts shared both ways need the container's root shared too (it
+    // is a slave of the node's otherwise, which HostToContainer needs).
+    if wanted
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional)
+        && let Some(linux) = spec.linux_mut()
+    {
+        linux.set_rootfs_propagation(Some("shared".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+    use crate::runtime::{Mount, Propagation};
+
+    fn mount(host: &str, container: &str, read_only: bool, propagation: Propagation) -> Mount {
+        Mount {
+            host_path: PathBuf::from(host),
+            container_path: container.to_owned(),
+            read_only,
+            propagation,
+        }
+    }
+
+    #[test]
+    fn container_mounts_follow_the_default_ones() {
+        let mut spec = Spec::default();
+        let defaults: Vec<PathBuf> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.destination().clone())
+            .collect();
+        assert!(defaults.contains(&PathBuf::from("/dev/shm")));
+        let mounts = [
+            mount("/v/logs", "/data/logs", false, Propagation::Private),
+            mount("/v/data", "/data", true, Propagation::HostToContainer),
+            mount("/p/etc-hosts", "/etc/hosts", false, Propagation::Private),
+            mount("/v/shm", "/dev/shm", false, Propagation::Private),
+        ];
+        add_mounts(&mut spec, &mounts, Some(Path::new("/c/hostname"))).unwrap();
+        let got: Vec<(String, Option<String>, Vec<String>)> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.source().as_ref().map(|s| s.display().to_string()),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let destinations: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+        // The defaults first (but the replaced /dev/shm), then by depth.
+        let kept = defaults.len() - 1;
+        assert_eq!(
+            &destinations[kept..],
+            [
+                "/data",
+                "/data/logs",
+                "/etc/hosts",
+                "/dev/shm",
+                "/etc/hostname"
+            ]
+        );
+        assert_eq!(
+            destinations.iter().filter(|d| **d == "/dev/shm").count(),
+            1,
+            "{destinations:?}"
+        );
+        let data = &got[kept];
+        assert_eq!(data.1.as_deref(), Some("/v/data"));
+        assert_eq!(data.2, ["rbind", "rslave", "ro"]);
+        assert_eq!(got[kept + 1].2, ["rbind", "rprivate", "rw"]);
+        assert_eq!(got[kept + 4].1.as_deref(), Some("/c/hostname"));
+        assert!(spec.mounts().iter().flatten().all(|m| {
+            !m.options().iter().flatten().any(|o| o == "rbind")
+                || m.typ().as_deref() == Some("bind")
+        }));
+        assert_eq!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .rootfs_propagation()
+                .as_deref(),
+            None
+        );
+    }
+
+    #[test]
+    fn bidirectional_mounts_share_the_root_and_own_hostnames_win() {
+        let mut spec = Spec::default();
+        let mounts = [
+            mount("/v/a", "/a", false, Propagation::Bidirectional),
+            mount("/mine", "/etc/hostname", true, Propagation::Private),
+        ];
+        add_mounts(&mut spec, &mounts, Some(Path::new("/c/hostname"))).unwrap();
+        let hostnames: Vec<_> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| m.destination() == Path::new("/etc/hostname"))
+            .map(|m| m.source().clone())
+            .collect();
+        assert_eq!(hostnames, [Some(PathBuf::from("/mine"))]);
+        assert_eq!(
+            spec.linux()
+                .as_ref()
+                .unwrap()
+                .rootfs_propagation()
+                .as_deref(),
+            Some("shared")
+        );
     }
 }

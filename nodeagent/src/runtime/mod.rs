@@ -50,6 +50,34 @@ pub struct ContainerConfig {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub resources: Resources,
+    /// Bind mounts: the pod's volumes and the files the agent keeps for
+    /// the container, from [`crate::volumes::Volumes::mounts`].
+    pub mounts: Vec<Mount>,
+}
+
+/// A node path bind-mounted into a container: a volume (see
+/// [`crate::volumes`]), or a file the agent keeps for it (`/etc/hosts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is on the node.
+    pub host_path: std::path::PathBuf,
+    /// Where the container sees it (absolute).
+    pub container_path: String,
+    pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// How mounts made later below a mount reach the other side (a
+/// volumeMount's `mountPropagation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// `None`: neither way (rprivate).
+    #[default]
+    Private,
+    /// `HostToContainer`: the node's reach the container (rslave).
+    HostToContainer,
+    /// `Bidirectional`: both ways (rshared); privileged containers only.
+    Bidirectional,
 }
 
 /// What the container's cgroup allows it, from its requests and limits.
@@ -252,6 +280,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// The network namespace of the sandbox `id` (`/proc/PID/ns/net`), for
     /// probes and hooks that connect to the pod. `None` if it has none.
     fn network_namespace(&self, id: &str) -> Option<std::path::PathBuf>;
+
+    /// What the container `name` of `sandbox` uses (from its cgroup);
+    /// `None` when the runtime cannot tell.
+    fn container_usage(&self, _sandbox: &SandboxState, _name: &str) -> Option<crate::stats::Usage> {
+        None
+    }
+
+    /// What the pod of `sandbox` uses, its containers together.
+    fn pod_usage(&self, _sandbox: &SandboxState) -> Option<crate::stats::Usage> {
+        None
+    }
 
     /// Whether containers are real processes (not on hollow nodes, where
     /// probes and hooks pass without running).

@@ -7,6 +7,7 @@
 //!     GET  /containerLogs/NS/POD/CONTAINER?follow&tailLines&sinceSeconds&sinceTime&timestamps&previous&limitBytes
 //!     GET  /exec/NS/POD/CONTAINER?command=…&stdin&stdout&stderr&tty   (WebSocket, v5/v4.channel.k8s.io)
 //!     GET  /metrics
+//!     GET  /metrics/resource     CPU and memory of the node, its pods and containers
 //! ```
 //!
 //! The serving certificate is issued by the cluster CA for the node's
@@ -39,6 +40,7 @@ use keelson_control::runtime::Informer;
 
 use crate::logs::{self, LogOptions};
 use crate::runtime::{ContainerRun, ContainerState, Runtime};
+use crate::stats;
 
 mod exec;
 
@@ -359,6 +361,9 @@ impl<R: Runtime> AgentServer<R> {
                 Some(render) => text(render(), "text/plain; version=0.0.4"),
                 None => status(StatusCode::NOT_FOUND, "NotFound", "no metrics here"),
             },
+            ["metrics", "resource"] => {
+                text(self.resource_metrics().await, "text/plain; version=0.0.4")
+            }
             ["containerLogs", namespace, pod, container] => {
                 self.logs(namespace, pod, container, &query).await
             }
@@ -418,6 +423,53 @@ impl<R: Runtime> AgentServer<R> {
                 format!("container not found ({name:?})"),
             )
         })
+    }
+
+    /// `/metrics/resource`: the node's, its pods' and their containers' usage.
+    async fn resource_metrics(&self) -> String {
+        let now = Utc::now();
+        let node = match (
+            std::fs::read_to_string("/proc/stat"),
+            std::fs::read_to_string("/proc/meminfo"),
+        ) {
+            (Ok(stat), Ok(meminfo)) => {
+                let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                    .ok()
+                    .flatten()
+                    .filter(|t| *t > 0)
+                    .unwrap_or(100);
+                stats::node_usage(&stat, &meminfo, ticks as f64)
+            }
+            _ => None,
+        };
+        let (mut pods, mut containers) = (Vec::new(), Vec::new());
+        for sandbox in self.runtime.list().await.unwrap_or_default() {
+            if !sandbox.ready {
+                continue;
+            }
+            let (namespace, pod) = (&sandbox.config.namespace, &sandbox.config.name);
+            if let Some(usage) = self.runtime.pod_usage(&sandbox) {
+                pods.push(stats::PodUsage {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    usage,
+                });
+            }
+            for container in &sandbox.containers {
+                if !matches!(container.run, ContainerRun::Running { .. }) {
+                    continue;
+                }
+                if let Some(usage) = self.runtime.container_usage(&sandbox, &container.name) {
+                    containers.push(stats::ContainerUsage {
+                        namespace: namespace.clone(),
+                        pod: pod.clone(),
+                        container: container.name.clone(),
+                        usage,
+                    });
+                }
+            }
+        }
+        stats::render(node, &pods, &containers, now)
     }
 
     async fn logs(
