@@ -51,6 +51,9 @@ enum Command {
         /// The container's state directory (libcontainer's root is under it).
         #[arg(long)]
         state: std::path::PathBuf,
+        /// The container's bundle: the command runs as its user.
+        #[arg(long)]
+        bundle: Option<std::path::PathBuf>,
         #[arg(long)]
         id: String,
         /// Standard input is a terminal: make it the command's controlling terminal.
@@ -127,11 +130,18 @@ fn main() -> ExitCode {
         }
         Command::ExecIn {
             state,
+            bundle,
             id,
             tty,
             command,
         } => {
-            return match keelson_nodeagent::shim::run_exec(state, id, command, *tty) {
+            return match keelson_nodeagent::shim::run_exec(
+                state,
+                bundle.as_deref(),
+                id,
+                command,
+                *tty,
+            ) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(error) => {
                     eprintln!("keelson exec: {}", keelson_control::runtime::chain(&error));

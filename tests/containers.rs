@@ -654,6 +654,39 @@ fn probes_hooks_and_registry_pulls() {
         phase_and_state(m0, "alive").starts_with("Running ")
     });
 
+    // Who a container runs as, and what it may write.
+    apply(
+        m0,
+        &dir,
+        "nobody",
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nobody"},
+        "spec": {"terminationGracePeriodSeconds": 1, "securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
+            "containers": [{"name": "nobody", "image": IMAGE, "command": ["sleep", "3600"],
+                "securityContext": {"readOnlyRootFilesystem": true}}]}}),
+    );
+    wait_until(CONVERGE, "nobody to run", || {
+        phase_and_state(m0, "nobody").starts_with("Running ")
+    });
+    let id = m0.kubectl_ok(&["exec", "nobody", "--", "busybox", "id"]);
+    assert!(id.starts_with("uid=1000 gid=3000"), "{id}");
+    let refused = m0.kubectl(&["exec", "nobody", "--", "sh", "-c", "echo x > /tmp/x"]);
+    assert!(!refused.status.success(), "a read-only root file system");
+    m0.kubectl_ok(&[
+        "run",
+        "rooted",
+        &format!("--image={IMAGE}"),
+        "--overrides",
+        r#"{"spec":{"securityContext":{"runAsNonRoot":true}}}"#,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    wait_until(CONVERGE, "rooted to be refused", || {
+        let state = phase_and_state(m0, "rooted");
+        state.contains("CreateContainerConfigError")
+            && state.contains("container has runAsNonRoot and image will run as root")
+    });
+
     // preStop runs before SIGTERM: the process prints what the hook left.
     apply(
         m0,

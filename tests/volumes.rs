@@ -140,6 +140,7 @@ fn config(name: &str, script: &str) -> ContainerConfig {
         working_dir: None,
         resources: Resources::default(),
         mounts: Vec::new(),
+        identity: Default::default(),
     }
 }
 

@@ -325,7 +325,17 @@ pub fn run_pause(hostname: &str) -> Result<(), ShimError> {
 ///
 /// libcontainer makes the process a child of the caller, which reaps it:
 /// like the shim, this runs before any thread exists.
-pub fn run_exec(state: &Path, id: &str, command: &[String], tty: bool) -> Result<i32, ShimError> {
+pub fn run_exec(
+    state: &Path,
+    bundle: Option<&Path>,
+    id: &str,
+    command: &[String],
+    tty: bool,
+) -> Result<i32, ShimError> {
+    // The command runs as the container's own user.
+    let user = bundle
+        .and_then(|b| libcontainer::oci_spec::runtime::Spec::load(b.join("config.json")).ok())
+        .and_then(|spec| spec.process().as_ref().map(|p| p.user().clone()));
     // A session of its own, whose controlling terminal is the pty.
     let _ = nix::unistd::setsid();
     if tty {
@@ -334,10 +344,17 @@ pub fn run_exec(state: &Path, id: &str, command: &[String], tty: bool) -> Result
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state.join("libcontainer"))
         .map(|b| {
-            b.as_tenant()
+            let mut tenant = b
+                .as_tenant()
                 .with_container_args(command.to_vec())
-                .with_detach(false)
-                .build()
+                .with_detach(false);
+            if let Some(user) = &user {
+                tenant = tenant
+                    .with_user(Some(user.uid()))
+                    .with_group(Some(user.gid()))
+                    .with_additional_gids(user.additional_gids().clone().unwrap_or_default());
+            }
+            tenant.build()
         });
     let pid = match built {
         Ok(Ok(pid)) => pid,

@@ -133,6 +133,7 @@ fn container_of<'a>(pod: &'a Pod, name: &str, init: bool) -> Option<&'a Containe
 /// The container resolved for the runtime, with its environment `env` and
 /// its volumes' `mounts`.
 fn container_config(
+    pod: &Pod,
     container: &Container,
     attempt: u32,
     env: Vec<(String, String)>,
@@ -148,6 +149,10 @@ fn container_config(
         working_dir: container.working_dir.clone(),
         resources: crate::runtime::Resources::of(container.resources.as_ref()),
         mounts,
+        identity: crate::runtime::process::Identity::of(
+            pod.spec.as_ref().and_then(|s| s.security_context.as_ref()),
+            container.security_context.as_ref(),
+        ),
     }
 }
 
@@ -1000,7 +1005,7 @@ impl<R: Runtime> PodWorkers<R> {
                         }));
                     }
                 };
-                let config = container_config(container, attempt, env, mounts);
+                let config = container_config(pod, container, attempt, env, mounts);
                 if attempt > 0
                     && let Some(ContainerRun::Exited {
                         started, finished, ..
@@ -1013,6 +1018,15 @@ impl<R: Runtime> PodWorkers<R> {
                     Ok(id) => {
                         self.started(pod, sandbox, container, &id).await;
                         Ok(())
+                    }
+                    Err(RuntimeError::Config { reason, .. }) => {
+                        metrics::counter!("kubelet_runtime_operations_errors_total", "operation_type" => operation).increment(1);
+                        return Ok(Some(plan::Waiting {
+                            name,
+                            reason: "CreateContainerConfigError",
+                            message: reason,
+                            until: retry,
+                        }));
                     }
                     Err(RuntimeError::Image { image, reason }) => {
                         metrics::counter!("kubelet_runtime_operations_errors_total", "operation_type" => operation).increment(1);

@@ -201,9 +201,28 @@ impl LibcontainerRuntime {
         }
         let mut env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("HOSTNAME={}", sandbox.config.hostname));
+        let etc =
+            |file: &str| std::fs::read_to_string(rootfs.join("etc").join(file)).unwrap_or_default();
+        let user = process::resolve_user(
+            &config.identity,
+            image.user.as_deref(),
+            &etc("passwd"),
+            &etc("group"),
+        )
+        .map_err(|reason| RuntimeError::Config {
+            container: config.name.clone(),
+            reason,
+        })?;
+        let mut oci_user = libcontainer::oci_spec::runtime::User::default();
+        oci_user.set_uid(user.uid);
+        oci_user.set_gid(user.gid);
+        if !user.additional_gids.is_empty() {
+            oci_user.set_additional_gids(Some(user.additional_gids));
+        }
         let process = ProcessBuilder::default()
             .args(args)
             .env(env)
+            .user(oci_user)
             .cwd(process::working_dir(image, config.working_dir.as_deref()))
             .terminal(false)
             .build()
@@ -213,7 +232,7 @@ impl LibcontainerRuntime {
         spec.set_root(Some(
             RootBuilder::default()
                 .path(rootfs)
-                .readonly(false)
+                .readonly(config.identity.read_only_root_filesystem)
                 .build()
                 .map_err(spec_error)?,
         ));
@@ -472,44 +491,58 @@ impl Runtime for LibcontainerRuntime {
             image: config.image.clone(),
             image_id: image.manifest.clone(),
         };
-        write_json(&dir.join("container.json"), &record)?;
-        let rootfs = self.mount_rootfs(&bundle, &lower)?;
-        let mut spec = self.spec(&sandbox, config, &image_config, &rootfs)?;
-        let hostname = dir.join("hostname");
-        std::fs::write(&hostname, format!("{}\n", sandbox.config.hostname))
-            .map_err(failed(hostname.display().to_string()))?;
-        add_mounts(&mut spec, &config.mounts, Some(&hostname)).map_err(|e| {
-            RuntimeError::Container {
-                container: config.name.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        spec.save(bundle.join("config.json"))
-            .map_err(|e| RuntimeError::Container {
-                container: config.name.clone(),
-                reason: e.to_string(),
+        // A container that could not be started leaves nothing behind (it
+        // would otherwise be listed as created, forever).
+        let started: Result<(), RuntimeError> = async {
+            write_json(&dir.join("container.json"), &record)?;
+            let rootfs = self.mount_rootfs(&bundle, &lower)?;
+            let mut spec = self.spec(&sandbox, config, &image_config, &rootfs)?;
+            let hostname = dir.join("hostname");
+            std::fs::write(&hostname, format!("{}\n", sandbox.config.hostname))
+                .map_err(failed(hostname.display().to_string()))?;
+            add_mounts(&mut spec, &config.mounts, Some(&hostname)).map_err(|e| {
+                RuntimeError::Container {
+                    container: config.name.clone(),
+                    reason: e.to_string(),
+                }
             })?;
-        let state = dir.join("state");
-        let mut shim = tokio::process::Command::new(&self.binary)
-            .arg("shim")
-            .arg("--id")
-            .arg(format!("k-{id}"))
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg("--state")
-            .arg(&state)
-            .arg("--log")
-            .arg(dir.join("log"))
-            .arg("--log-max-size")
-            .arg(self.log_rotation.max_size.to_string())
-            .arg("--log-max-files")
-            .arg(self.log_rotation.max_files.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(failed("the shim"))?;
-        self.await_start(&state, &mut shim, &config.name).await?;
+            spec.save(bundle.join("config.json"))
+                .map_err(|e| RuntimeError::Container {
+                    container: config.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            let state = dir.join("state");
+            let mut shim = tokio::process::Command::new(&self.binary)
+                .arg("shim")
+                .arg("--id")
+                .arg(format!("k-{id}"))
+                .arg("--bundle")
+                .arg(&bundle)
+                .arg("--state")
+                .arg(&state)
+                .arg("--log")
+                .arg(dir.join("log"))
+                .arg("--log-max-size")
+                .arg(self.log_rotation.max_size.to_string())
+                .arg("--log-max-files")
+                .arg(self.log_rotation.max_files.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(failed("the shim"))?;
+            if let Err(error) = self.await_start(&state, &mut shim, &config.name).await {
+                drop(shim.start_kill());
+                return Err(error);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = started {
+            self.unmount(&bundle);
+            drop(std::fs::remove_dir_all(&dir));
+            return Err(error);
+        }
         Ok(id)
     }
 
@@ -608,6 +641,8 @@ impl Runtime for LibcontainerRuntime {
             .arg("exec-in")
             .arg("--state")
             .arg(&state)
+            .arg("--bundle")
+            .arg(self.container_dir(id).join("bundle"))
             .arg("--id")
             .arg(format!("k-{id}"));
         if tty {

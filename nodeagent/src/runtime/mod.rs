@@ -25,6 +25,10 @@ pub enum RuntimeError {
     Image { image: String, reason: String },
     #[error("container {container}: {reason}")]
     Container { container: String, reason: String },
+    /// The container's settings cannot be carried out (a user that does
+    /// not exist, root under `runAsNonRoot`): `CreateContainerConfigError`.
+    #[error("{reason}")]
+    Config { container: String, reason: String },
 }
 
 /// What a pod's sandbox is made from.
@@ -53,6 +57,8 @@ pub struct ContainerConfig {
     /// Bind mounts: the pod's volumes and the files the agent keeps for
     /// the container, from [`crate::volumes::Volumes::mounts`].
     pub mounts: Vec<Mount>,
+    /// Who it runs as, from its and its pod's `securityContext`.
+    pub identity: process::Identity,
 }
 
 /// A node path bind-mounted into a container: a volume (see
