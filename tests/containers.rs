@@ -238,6 +238,10 @@ fn pods_run_as_real_containers() {
         let state = phase_and_state(m0, "crasher");
         state.contains("CrashLoopBackOff") && !state.ends_with(" 0")
     });
+    // The delays grow: 10 s after the first crash, then 20 s.
+    wait_until(CONVERGE, "crasher's back-off to double", || {
+        phase_and_state(m0, "crasher").contains("back-off 20s restarting failed container=crasher")
+    });
 
     // A long-running pod survives its agent's death untouched.
     m0.kubectl_ok(&[
@@ -331,6 +335,30 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     let mut node = Node::new();
     node.start(m0);
     node.wait_ready(m0);
+    // A Deployment's pods run.
+    m0.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        &format!("--image={IMAGE}"),
+        "--replicas=2",
+        "--",
+        "sh",
+        "-c",
+        "echo serving from $(hostname); exec sleep 3600",
+    ]);
+    m0.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let ready = m0.kubectl_ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    assert_eq!(ready, "2");
+    let said = m0.kubectl_ok(&["logs", "deployment/web"]);
+    assert!(said.starts_with("serving from web-"), "{said}");
+
     m0.kubectl_ok(&[
         "run",
         "talker",
@@ -458,7 +486,7 @@ fn kubectl_logs_and_exec_reach_the_containers() {
     }
     wait_until(CONVERGE, "the agent to count its pod", || {
         m0.kubectl_ok(&["get", "--raw", "/api/v1/nodes/real-1/proxy/metrics"])
-            .contains("kubelet_running_pods 1\n")
+            .contains("kubelet_running_pods 3\n")
     });
 
     // --previous: the run before the current one.
