@@ -69,7 +69,7 @@ echo '{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"],"Env":["PATH=/
 echo '[{"Config":"config.json","RepoTags":["keelson.test/busybox:bench"],"Layers":["layer.tar"]}]' >"$work/image/manifest.json"
 (cd "$work/image" && tar -cf busybox.tar manifest.json config.json layer.tar)
 "$bin" image import --data-dir "$work/agent" "$work/image/busybox.tar" >/dev/null
-"$bin" agent --node-name bench-1 --port 0 --data-dir "$work/agent" --kubeconfig "$work/m0/admin.kubeconfig" >"$work/agent.log" 2>&1 &
+"$bin" agent --node-name bench-1 --port 0 --network none --data-dir "$work/agent" --kubeconfig "$work/m0/admin.kubeconfig" >"$work/agent.log" 2>&1 &
 agent=$!
 pids+=($agent)
 for _ in $(seq 100); do

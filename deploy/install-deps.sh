@@ -11,11 +11,14 @@
 #           docker-registry (the CNCF distribution registry: the image pull
 #           tests push to and pull from one on loopback) and apache2-utils
 #           (htpasswd, for the bcrypt password of its authenticated variant),
+#   run:    iptables (the service proxy's rules) and
+#           containernetworking-plugins (bridge, host-local, loopback,
+#           portmap: the pods' interfaces)
 #           python3-venv and, in a virtualenv at KEELSON_PYTHON_ENV
 #           (/var/cache/keelson/python), the official Kubernetes Python client
 set -euo pipefail
 
-packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static docker-registry apache2-utils)
+packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static docker-registry apache2-utils iptables containernetworking-plugins)
 python_env=${KEELSON_PYTHON_ENV:-/var/cache/keelson/python}
 # The Python client of the Kubernetes version kubectl speaks (1.32).
 python_client=kubernetes==32.0.1

@@ -11,6 +11,15 @@ use keelson_control::client::{Client, Https, Kubeconfig};
 use keelson_nodeagent::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NetworkKind {
+    /// Pod interfaces through the CNI plugins (bridge, host-local,
+    /// portmap), routes to the other nodes' pods.
+    Cni,
+    /// Pods get loopback only; the node's network is left alone.
+    None,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum RuntimeKind {
     /// OCI containers through youki's libcontainer (needs root).
@@ -55,6 +64,25 @@ pub(crate) struct AgentArgs {
     /// How often the node's Lease is renewed (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = crate::server::parse_duration)]
     node_lease_renew_interval: Duration,
+    /// How pods are networked (the fake runtime never networks them).
+    #[arg(long, value_enum, default_value = "cni")]
+    network: NetworkKind,
+    /// Where the CNI plugins are (colon-separated).
+    #[arg(long, default_value = "/usr/lib/cni:/opt/cni/bin")]
+    cni_bin_dir: String,
+    /// The range every pod address is in (as the control plane's --cluster-cidr).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// The cluster DNS servers given to pods (comma-separated; empty: the node's).
+    #[arg(long, value_delimiter = ',', default_value = "10.43.0.10")]
+    cluster_dns: Vec<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Remove the routes (and rules) the agent made in this network
+    /// namespace, then exit.
+    #[arg(long)]
+    cleanup: bool,
     /// How often every pod is synced again, its ConfigMap, Secret and
     /// downward API volumes brought up to date (e.g. 1m, 10s).
     #[arg(long, default_value = "1m", value_parser = crate::server::parse_duration)]
@@ -147,6 +175,13 @@ fn parse_reserved(text: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if args.cleanup {
+        keelson_nodeagent::routes::cleanup()
+            .await
+            .context("removing the agent's routes")?;
+        println!("removed the agent's routes");
+        return Ok(());
+    }
     let kubeconfig = Kubeconfig::read(&args.kubeconfig)
         .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
     let client = Client::https(Https::new(&kubeconfig)?);
@@ -209,6 +244,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         port: None,
         data_dir: Some(args.data_dir.clone()),
         sync_frequency: args.sync_frequency,
+        network: keelson_nodeagent::NetworkConfig {
+            routes: args.network == NetworkKind::Cni
+                && matches!(args.runtime, RuntimeKind::Libcontainer),
+            cluster_cidr: args.cluster_cidr.clone(),
+            cluster_dns: args
+                .cluster_dns
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            cluster_domain: args.cluster_domain.clone(),
+        },
     };
     anyhow::ensure!(
         !config.sync_frequency.is_zero(),
@@ -223,14 +270,20 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 max_size: max_size as u64,
                 max_files: args.container_log_max_files,
             };
-            let runtime = Arc::new(
-                keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(
-                    &args.data_dir,
-                    images,
-                )?
-                .with_log_rotation(rotation)
-                .with_insecure_registries(args.insecure_registries.clone()),
-            );
+            let mut runtime = keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(
+                &args.data_dir,
+                images,
+            )?
+            .with_log_rotation(rotation)
+            .with_insecure_registries(args.insecure_registries.clone());
+            if args.network == NetworkKind::Cni {
+                runtime = runtime.with_network(keelson_nodeagent::runtime::cni::CniConfig {
+                    bridge: "keelson0".into(),
+                    state_dir: args.data_dir.join("cni"),
+                    plugin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+                });
+            }
+            let runtime = Arc::new(runtime);
             keelson_nodeagent::run(client, runtime, config, Some(endpoint), shutdown).await?;
         }
         RuntimeKind::Fake => {

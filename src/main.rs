@@ -29,7 +29,7 @@ enum Command {
     /// and the Kubernetes API over HTTPS.
     Server(Box<server::ServerArgs>),
     /// Run a node agent: registers a Node and runs the pods bound to it.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// The node's image store: import tarballs, list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
-            Command::Agent(args) => agent::run(args).await,
+            Command::Agent(args) => agent::run(*args).await,
             Command::Image(command) => image::run(command),
             Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,

@@ -48,6 +48,8 @@ impl Node {
                 "0",
                 "--sync-frequency",
                 "2s",
+                "--network",
+                "none",
                 "--data-dir",
             ])
             .arg(self.data.path())

@@ -202,6 +202,7 @@ async fn containers_see_their_volumes() {
             namespace: "shop".into(),
             name: "web-0".into(),
             hostname: "web-0".into(),
+            host_ports: Vec::new(),
         })
         .await
         .expect("the sandbox");

@@ -26,13 +26,14 @@ pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod shim;
 pub mod stats;
 pub mod volumes;
 
-pub use node::NodeConfig;
+pub use node::{NetworkConfig, NodeConfig};
 use runtime::Runtime;
 
 /// Why the agent stopped.
@@ -187,7 +188,17 @@ pub async fn run<R: Runtime>(
         .data_dir
         .clone()
         .unwrap_or_else(|| std::path::PathBuf::from("/var/lib/keelson/agent"));
-    let mut volumes = volumes::Volumes::new(&data_dir, client.clone(), allocatable);
+    let mut volumes = volumes::Volumes::new(&data_dir, client.clone(), allocatable)
+        .with_cluster_domain(&config.network.cluster_domain)
+        .with_cluster_dns(config.network.cluster_dns.clone());
+    if config.network.routes {
+        tasks.spawn(routes::run(
+            client.clone(),
+            config.name.clone(),
+            config.network.cluster_cidr.clone(),
+            shutdown.clone(),
+        ));
+    }
     if !runtime.runs_processes() {
         volumes = volumes.hollow();
     }

@@ -43,6 +43,32 @@ pub struct NodeConfig {
     pub data_dir: Option<std::path::PathBuf>,
     /// How often every pod is synced again (Kubernetes: 1 minute).
     pub sync_frequency: Duration,
+    /// The cluster's networking as this node takes part in it.
+    pub network: NetworkConfig,
+}
+
+/// The cluster network as the node sees it.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    /// Routes to other nodes' pod CIDRs (and a blackhole for the rest of
+    /// the cluster CIDR) are kept in this node's routing table.
+    pub routes: bool,
+    /// Every pod's address is in it (Kubernetes' `--cluster-cidr`).
+    pub cluster_cidr: String,
+    /// The cluster DNS servers pods are given (the kubelet's `--cluster-dns`).
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            routes: false,
+            cluster_cidr: "10.42.0.0/16".into(),
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
 }
 
 /// What the machine has.

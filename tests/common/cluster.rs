@@ -113,6 +113,9 @@ pub(crate) struct Member {
     peer_port: u16,
     /// The Kubernetes API's port, if the member serves it.
     api_port: Option<u16>,
+    /// The address the API listens on (127.0.0.1 unless the test needs
+    /// the API reachable from network namespaces).
+    api_host: String,
     /// Launches the member, again after a kill, on the same directory and ports.
     command: Option<Command>,
     /// The running process; `None` before the start and after a kill or exit.
@@ -128,6 +131,7 @@ impl Member {
             client_port,
             peer_port,
             api_port,
+            api_host: "127.0.0.1".into(),
             command: None,
             child: None,
             log: Captured::default(),
@@ -174,7 +178,10 @@ impl Member {
             .args(["--election-timeout", ELECTION_TIMEOUT])
             .args(["--snapshot-count", SNAPSHOT_COUNT]);
         match self.api_port {
-            Some(port) => command.args(["--listen-api-url", &format!("https://127.0.0.1:{port}")]),
+            Some(port) => command.args([
+                "--listen-api-url",
+                &format!("https://{}:{port}", self.api_host),
+            ]),
             None => command.args(["--listen-api-url", "none"]),
         };
         command
@@ -391,12 +398,26 @@ impl Cluster {
         Self::start_with(true, flags)
     }
 
+    /// Like [`Cluster::start_control_plane_with`], the API listening on
+    /// `api_host` (an address of the machine's) instead of 127.0.0.1.
+    pub(crate) fn start_control_plane_on(api_host: &str, flags: &[&str]) -> Cluster {
+        Self::start_on(true, api_host, flags)
+    }
+
     fn start_with(api: bool, flags: &[&str]) -> Cluster {
+        Self::start_on(api, "127.0.0.1", flags)
+    }
+
+    fn start_on(api: bool, api_host: &str, flags: &[&str]) -> Cluster {
         let ports = free_ports::<{ 3 * FOUNDERS }>();
         let members: Vec<Member> = ports
             .chunks_exact(3)
             .enumerate()
-            .map(|(i, p)| Member::new(format!("m{i}"), [p[0], p[1]], api.then_some(p[2])))
+            .map(|(i, p)| {
+                let mut member = Member::new(format!("m{i}"), [p[0], p[1]], api.then_some(p[2]));
+                api_host.clone_into(&mut member.api_host);
+                member
+            })
             .collect();
         let mut cluster = Cluster { members };
         let initial_cluster = cluster.initial_cluster();

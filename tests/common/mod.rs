@@ -32,6 +32,7 @@ use tempfile::TempDir;
 
 pub(crate) mod cluster;
 pub(crate) mod images;
+pub(crate) mod netns;
 pub(crate) mod nodes;
 pub(crate) mod registry;
 

@@ -99,6 +99,18 @@ fn sandbox_config(pod: &Pod) -> SandboxConfig {
             .and_then(|s| s.hostname.clone())
             .or_else(|| meta.name.clone())
             .unwrap_or_default(),
+        host_ports: spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                Some(crate::runtime::HostPort {
+                    host_port: u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?,
+                    container_port: u16::try_from(p.container_port).ok()?,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -347,6 +347,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: "p".into(),
                 hostname: "p".into(),
+                host_ports: Vec::new(),
             },
             ready: true,
             ip: None,

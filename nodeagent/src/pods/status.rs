@@ -339,6 +339,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: "p".into(),
                 hostname: "p".into(),
+                host_ports: Vec::new(),
             },
             ready: true,
             ip: Some("10.42.0.5".into()),

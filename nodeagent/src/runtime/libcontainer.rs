@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 
+use super::cni::{self, Attachment, CniConfig, CniError, PortMapping};
 use super::process::{self, ImageConfig};
 use super::{
     ContainerConfig, ContainerRun, ContainerState, Runtime, RuntimeError, SandboxConfig,
@@ -48,6 +49,18 @@ struct SandboxRecord {
     pause_pid: i32,
     created: DateTime<Utc>,
     stopped: bool,
+    /// The CNI conflist the pod's interface was added with (recorded before
+    /// ADD, so a crash in between still leads to a DEL).
+    #[serde(default)]
+    network: Option<serde_json::Value>,
+    /// What CNI ADD answered.
+    #[serde(default)]
+    network_result: Option<serde_json::Value>,
+    #[serde(default)]
+    ip: Option<String>,
+    /// CNI DEL has run.
+    #[serde(default)]
+    network_released: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +82,10 @@ pub struct LibcontainerRuntime {
     log_rotation: LogRotation,
     /// Registries spoken to over plain HTTP (`HOST[:PORT]`).
     insecure_registries: Vec<String>,
+    /// Pod interfaces through CNI; `None`: pods get loopback only.
+    network: Option<CniConfig>,
+    /// The conflist for the node's pod CIDR, once known.
+    conflist: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 fn failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -110,7 +127,52 @@ impl LibcontainerRuntime {
             binary,
             log_rotation: LogRotation::default(),
             insecure_registries: Vec::new(),
+            network: None,
+            conflist: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Gives pods interfaces through CNI, as `config` says.
+    pub fn with_network(mut self, config: CniConfig) -> Self {
+        self.network = Some(config);
+        self
+    }
+
+    fn conflist(&self) -> Option<serde_json::Value> {
+        self.conflist
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// CNI DEL for the sandbox, once; `netns` if its namespace still exists.
+    async fn release_network(&self, id: &str, record: &mut SandboxRecord, netns: bool) {
+        let (Some(cni), Some(list)) = (&self.network, record.network.clone()) else {
+            return;
+        };
+        if record.network_released {
+            return;
+        }
+        let path = netns
+            .then(|| PathBuf::from(format!("/proc/{}/ns/net", record.pause_pid)))
+            .filter(|_| alive(record.pause_pid));
+        let mappings = port_mappings(&record.config);
+        let attachment = Attachment {
+            container_id: id,
+            netns: path.as_deref(),
+            namespace: &record.config.namespace,
+            pod: &record.config.name,
+            port_mappings: &mappings,
+        };
+        match cni
+            .del(&list, &attachment, record.network_result.as_ref())
+            .await
+        {
+            Ok(()) => record.network_released = true,
+            Err(error) => {
+                tracing::warn!(sandbox = %id, %error, "CNI DEL failed; it runs again at removal")
+            }
+        }
     }
 
     /// Speaks plain HTTP to these registries (`HOST[:PORT]`).
@@ -355,9 +417,36 @@ impl LibcontainerRuntime {
     }
 }
 
+/// The pod's `hostPort`s, for portmap.
+fn port_mappings(config: &SandboxConfig) -> Vec<PortMapping> {
+    config
+        .host_ports
+        .iter()
+        .map(|p| PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: p.protocol.clone(),
+        })
+        .collect()
+}
+
 impl Runtime for LibcontainerRuntime {
     fn version(&self) -> String {
         format!("keelson-libcontainer://{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn set_pod_cidr(&self, cidr: &str) {
+        let Some(cni) = &self.network else { return };
+        let list = cni::conflist(cni, cidr);
+        // Where operators look for it (the plugins get it on stdin).
+        let dir = self.root.join("cni");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            drop(std::fs::write(
+                dir.join("10-keelson.conflist"),
+                list.to_string(),
+            ));
+        }
+        *self.conflist.lock().unwrap_or_else(|p| p.into_inner()) = Some(list);
     }
 
     async fn run_sandbox(&self, config: &SandboxConfig) -> Result<SandboxState, RuntimeError> {
@@ -389,18 +478,52 @@ impl Runtime for LibcontainerRuntime {
                 });
             }
         }
-        let record = SandboxRecord {
+        let mut record = SandboxRecord {
             config: config.clone(),
             pause_pid: pid,
             created: Utc::now(),
             stopped: false,
+            network: None,
+            network_result: None,
+            ip: None,
+            network_released: false,
         };
+        if let Some(cni) = &self.network {
+            let Some(list) = self.conflist() else {
+                drop(pause.start_kill());
+                drop(std::fs::remove_dir_all(&dir));
+                return Err(RuntimeError::Network(CniError::NoPodCidr));
+            };
+            record.network = Some(list.clone());
+            write_json(&dir.join("sandbox.json"), &record)?;
+            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let mappings = port_mappings(config);
+            let attachment = Attachment {
+                container_id: &id,
+                netns: Some(&netns),
+                namespace: &config.namespace,
+                pod: &config.name,
+                port_mappings: &mappings,
+            };
+            match cni.add(&list, &attachment).await {
+                Ok(result) => {
+                    record.ip = cni::ipv4_of(&result);
+                    record.network_result = Some(result);
+                }
+                Err(error) => {
+                    drop(cni.del(&list, &attachment, None).await);
+                    drop(pause.start_kill());
+                    drop(std::fs::remove_dir_all(&dir));
+                    return Err(RuntimeError::Network(error));
+                }
+            }
+        }
         write_json(&dir.join("sandbox.json"), &record)?;
         Ok(SandboxState {
             id,
             config: config.clone(),
             ready: true,
-            ip: None,
+            ip: record.ip.clone(),
             created: record.created,
             containers: Vec::new(),
         })
@@ -415,6 +538,8 @@ impl Runtime for LibcontainerRuntime {
                 }
             }
         }
+        // The interface goes while its namespace is still there.
+        self.release_network(id, &mut record, true).await;
         // Gone already is fine.
         let _ = kill(Pid::from_raw(record.pause_pid), Signal::SIGKILL);
         record.stopped = true;
@@ -427,6 +552,20 @@ impl Runtime for LibcontainerRuntime {
                 for container in &sandbox.containers {
                     self.remove_container(&container.id).await?;
                 }
+            }
+        }
+        // DEL even when the sandbox was never stopped through this agent
+        // (it crashed): host-local frees the address without the namespace.
+        if let Ok(mut record) = self.sandbox(id)
+            && !record.network_released
+            && record.network.is_some()
+        {
+            self.release_network(id, &mut record, false).await;
+            if !record.network_released {
+                return Err(RuntimeError::Container {
+                    container: record.config.name.clone(),
+                    reason: "CNI DEL failed; the sandbox is kept until it succeeds".into(),
+                });
             }
         }
         // The pod's cgroups, in every hierarchy (their containers' are gone).
@@ -687,7 +826,7 @@ impl Runtime for LibcontainerRuntime {
             sandboxes.push(SandboxState {
                 id,
                 ready: !record.stopped && alive(record.pause_pid),
-                ip: None,
+                ip: record.ip.clone(),
                 created: record.created,
                 config: record.config,
                 containers: Vec::new(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+pub mod cni;
 pub mod fake;
 pub mod libcontainer;
 pub mod process;
@@ -25,6 +26,9 @@ pub enum RuntimeError {
     Image { image: String, reason: String },
     #[error("container {container}: {reason}")]
     Container { container: String, reason: String },
+    /// The pod's network could not be set up.
+    #[error("pod network")]
+    Network(#[source] cni::CniError),
     /// The container's settings cannot be carried out (a user that does
     /// not exist, root under `runAsNonRoot`): `CreateContainerConfigError`.
     #[error("{reason}")]
@@ -39,6 +43,18 @@ pub struct SandboxConfig {
     pub name: String,
     /// The pod's host name (its name, or `spec.hostname`).
     pub hostname: String,
+    /// Its containers' `hostPort`s.
+    #[serde(default)]
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A container port published on the node's address (`hostPort`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostPort {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
 }
 
 /// What a container is made from, once the pod's spec is resolved.

@@ -23,11 +23,17 @@ use crate::runtime::{Mount, Propagation};
 pub(crate) struct Context<'a> {
     pub(crate) pod_dir: &'a Path,
     pub(crate) cluster_domain: &'a str,
+    pub(crate) cluster_dns: &'a [String],
     /// No bind mounts: subPaths are given as their resolved paths.
     pub(crate) hollow: bool,
 }
 
 const ETC_HOSTS: &str = "/etc/hosts";
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The most nameservers a resolver reads (glibc's MAXNS).
+const MAX_NAMESERVERS: usize = 3;
+/// The most search domains the kubelet writes.
+const MAX_SEARCHES: usize = 32;
 /// The API's default `terminationMessagePath`.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 /// What the kubelet reads of a termination message.
@@ -110,6 +116,18 @@ pub(crate) fn mounts(
         mounts.push(Mount {
             host_path: path,
             container_path: ETC_HOSTS.to_owned(),
+            read_only: false,
+            propagation: Propagation::Private,
+        });
+    }
+    if !mounts.iter().any(|m| m.container_path == RESOLV_CONF) {
+        let path = context.pod_dir.join("resolv.conf");
+        let node = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+        let contents = resolv_conf(pod, context.cluster_dns, context.cluster_domain, &node);
+        write_in_place(&path, contents.as_bytes(), 0o644).map_err(file_error("write", &path))?;
+        mounts.push(Mount {
+            host_path: path,
+            container_path: RESOLV_CONF.to_owned(),
             read_only: false,
             propagation: Propagation::Private,
         });
@@ -286,6 +304,74 @@ pub(crate) fn hosts_file(pod: &Pod, pod_ips: &[String], cluster_domain: &str) ->
     out.into_bytes()
 }
 
+/// The pod's /etc/resolv.conf, as the kubelet writes it for its
+/// `dnsPolicy`: `ClusterFirst` (the default; `Default` for host-network
+/// pods, or when there is no cluster DNS) gives the cluster DNS, the
+/// search path `NS.svc.DOMAIN svc.DOMAIN DOMAIN` then the node's, and
+/// `ndots:5`; `Default` the node's; `None` nothing; then `dnsConfig` adds
+/// nameservers and searches and overrides options by name.
+pub(crate) fn resolv_conf(pod: &Pod, cluster_dns: &[String], domain: &str, node: &str) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let host_network = spec.host_network.unwrap_or(false);
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let cluster = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    } && !cluster_dns.is_empty();
+    let field = |key: &str| -> Vec<String> {
+        node.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_owned))
+            .collect()
+    };
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        match (policy, cluster) {
+            ("None", _) => (Vec::new(), Vec::new(), Vec::new()),
+            (_, true) => {
+                let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let mut searches = vec![
+                    format!("{namespace}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.to_owned(),
+                ];
+                searches.extend(field("search"));
+                (cluster_dns.to_vec(), searches, vec!["ndots:5".to_owned()])
+            }
+            _ => (field("nameserver"), field("search"), field("options")),
+        };
+    if let Some(config) = &spec.dns_config {
+        servers.extend(config.nameservers.iter().flatten().cloned());
+        searches.extend(config.searches.iter().flatten().cloned());
+        for option in config.options.iter().flatten() {
+            let Some(name) = option.name.as_deref() else {
+                continue;
+            };
+            options.retain(|o| o.split(':').next() != Some(name));
+            options.push(match &option.value {
+                Some(value) => format!("{name}:{value}"),
+                None => name.to_owned(),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    searches.retain(|s| seen.insert(s.clone()));
+    servers.truncate(MAX_NAMESERVERS);
+    searches.truncate(MAX_SEARCHES);
+    let mut out = String::new();
+    for server in &servers {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// A host-network pod's /etc/hosts: the node's, and the pod's aliases.
 fn node_hosts_file(node: &[u8], pod: &Pod) -> Vec<u8> {
     let mut out = b"# Kubernetes-managed hosts file (host network).\n".to_vec();
@@ -361,6 +447,51 @@ mod tests {
         assert_eq!(
             String::from_utf8(node).unwrap(),
             "# Kubernetes-managed hosts file (host network).\n127.0.0.1 node\n"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_follows_the_dns_policy() {
+        let node = "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n";
+        let dns = ["10.43.0.10".to_owned()];
+        let with = |spec: serde_json::Value| {
+            let mut p = pod(spec);
+            p.metadata.namespace = Some("shop".into());
+            resolv_conf(&p, &dns, "cluster.local", node)
+        };
+        assert_eq!(
+            with(json!({"containers": []})),
+            "nameserver 10.43.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:5\n"
+        );
+        assert_eq!(
+            with(json!({"dnsPolicy": "Default", "containers": []})),
+            "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n"
+        );
+        assert_eq!(
+            with(json!({"hostNetwork": true, "containers": []})),
+            "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n",
+            "ClusterFirst on the host network is Default"
+        );
+        assert!(
+            with(json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet", "containers": []}))
+                .starts_with("nameserver 10.43.0.10\n")
+        );
+        assert_eq!(
+            with(json!({"dnsPolicy": "None", "containers": [], "dnsConfig": {
+                "nameservers": ["1.2.3.4"], "searches": ["a.example"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+            "nameserver 1.2.3.4\nsearch a.example\noptions ndots:2 edns0\n"
+        );
+        assert!(
+            with(json!({"containers": [], "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}))
+                .ends_with("options ndots:1\n"),
+            "dnsConfig overrides an option by name"
+        );
+        let p = pod(json!({"containers": []}));
+        assert_eq!(
+            resolv_conf(&p, &[], "cluster.local", node),
+            "nameserver 192.0.2.53\nsearch corp.example\noptions timeout:2\n",
+            "no cluster DNS: the node's"
         );
     }
 

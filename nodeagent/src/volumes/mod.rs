@@ -386,6 +386,8 @@ pub struct Volumes<O = Client> {
     /// The node's, for `resourceFieldRef`s and tmpfs sizes.
     allocatable: Allocatable,
     cluster_domain: String,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use.
+    cluster_dns: Vec<String>,
     /// No tmpfs and no bind mounts, and no memory-backed contents written
     /// (hollow nodes, whose containers never run).
     hollow: bool,
@@ -402,6 +404,7 @@ impl<O: Objects> Volumes<O> {
             objects,
             allocatable,
             cluster_domain: "cluster.local".to_owned(),
+            cluster_dns: Vec::new(),
             hollow: false,
             locks: Mutex::new(HashMap::new()),
         }
@@ -410,6 +413,13 @@ impl<O: Objects> Volumes<O> {
     /// Pods' `/etc/hosts` name them in `domain` (`cluster.local`).
     pub fn with_cluster_domain(mut self, domain: &str) -> Self {
         domain.clone_into(&mut self.cluster_domain);
+        self
+    }
+
+    /// The cluster DNS servers (the kubelet's `--cluster-dns`) written into
+    /// pods' /etc/resolv.conf.
+    pub fn with_cluster_dns(mut self, servers: Vec<String>) -> Self {
+        self.cluster_dns = servers;
         self
     }
 
@@ -851,6 +861,7 @@ impl<O: Objects> Volumes<O> {
             &container::Context {
                 pod_dir: &self.pod_dir(&prepared.pod_uid),
                 cluster_domain: &self.cluster_domain,
+                cluster_dns: &self.cluster_dns,
                 hollow: self.hollow,
             },
             prepared,
