@@ -73,6 +73,10 @@ pub(crate) struct AgentArgs {
     /// The range every pod address is in (as the control plane's --cluster-cidr).
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// The range Services' cluster IPs are in (as the control plane's
+    /// --service-cluster-ip-range).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     /// The cluster DNS servers given to pods (comma-separated; empty: the node's).
     #[arg(long, value_delimiter = ',', default_value = "10.43.0.10")]
     cluster_dns: Vec<String>,
@@ -112,6 +116,81 @@ pub(crate) struct AgentArgs {
     container_log_max_files: u32,
 }
 
+/// The node's share of the cluster network beside its pods: the service
+/// proxy's rules, and the cluster DNS, answered on this node at the
+/// cluster DNS address (put on loopback, labelled as the agent's).
+async fn start_node_network(
+    client: &Client,
+    config: &NodeConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    use keelson_netagent::dns::{DnsConfig, DnsServer};
+    use keelson_netagent::proxy::{NodeContext, Proxier, ProxyConfig};
+    // Pods' packets are forwarded by this node, and bridged ones seen by
+    // the service proxy's rules.
+    for (setting, path) in [
+        ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+        (
+            "net.bridge.bridge-nf-call-iptables",
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        ),
+    ] {
+        std::fs::write(path, "1").with_context(|| format!("cannot set {setting}=1"))?;
+    }
+    let node_ip: std::net::Ipv4Addr = config
+        .ip
+        .parse()
+        .with_context(|| format!("--node-ip {:?} is not an IPv4 address", config.ip))?;
+    let cluster_cidr = config
+        .network
+        .cluster_cidr
+        .parse()
+        .with_context(|| format!("--cluster-cidr {:?}", config.network.cluster_cidr))?;
+    let node = NodeContext {
+        name: config.name.clone(),
+        ips: vec![node_ip],
+        cluster_cidr: Some(cluster_cidr),
+        node_local_service_ips: config
+            .network
+            .cluster_dns
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect(),
+        ..NodeContext::default()
+    };
+    let proxy = ProxyConfig::new(node);
+    let (proxy_client, proxy_shutdown) = (client.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(error) = Proxier::run(proxy_client, proxy, proxy_shutdown).await {
+            tracing::error!(%error, "the service proxy stopped");
+        }
+    });
+    let mut listen = Vec::new();
+    for server in &config.network.cluster_dns {
+        keelson_nodeagent::routes::ensure_local_address(server)
+            .await
+            .with_context(|| format!("cannot put the cluster DNS address {server} on this node"))?;
+        let ip: std::net::IpAddr = server
+            .parse()
+            .with_context(|| format!("--cluster-dns {server:?} is not an IP address"))?;
+        listen.push(std::net::SocketAddr::new(ip, 53));
+    }
+    if !listen.is_empty() {
+        let dns = DnsConfig {
+            listen,
+            cluster_domain: config.network.cluster_domain.clone(),
+            ..DnsConfig::default()
+        };
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = DnsServer::run(client, dns, shutdown).await {
+                tracing::error!(error = %keelson_control::runtime::chain(&error), "the cluster DNS stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// The agent's metrics recorder, with the kubelet's buckets.
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -140,6 +219,10 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .set_buckets_for_metric(
             Matcher::Full("kubelet_pod_start_duration_seconds".into()),
             &startup,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(keelson_netagent::dns::metrics::REQUEST_DURATION_SECONDS.into()),
+            &keelson_netagent::dns::metrics::REQUEST_DURATION_BUCKETS,
         )?
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &operations)?
         .set_buckets_for_metric(Matcher::Prefix("workqueue_".into()), &queue)?
@@ -179,7 +262,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         keelson_nodeagent::routes::cleanup()
             .await
             .context("removing the agent's routes")?;
-        println!("removed the agent's routes");
+        keelson_netagent::proxy::Iptables::new()
+            .cleanup()
+            .await
+            .context("removing the service proxy's rules")?;
+        println!("removed the agent's routes, loopback addresses and iptables rules");
         return Ok(());
     }
     let kubeconfig = Kubeconfig::read(&args.kubeconfig)
@@ -248,6 +335,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             routes: args.network == NetworkKind::Cni
                 && matches!(args.runtime, RuntimeKind::Libcontainer),
             cluster_cidr: args.cluster_cidr.clone(),
+            service_cidr: args.service_cidr.clone(),
             cluster_dns: args
                 .cluster_dns
                 .iter()
@@ -263,6 +351,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
+    if config.network.routes {
+        start_node_network(&client, &config, &shutdown).await?;
+    }
     match args.runtime {
         RuntimeKind::Libcontainer => {
             let images = keelson_nodeagent::images::Store::open(&args.data_dir.join("images"))?;

@@ -1,5 +1,6 @@
 //! `keelson bench …`: load generators that print what they measured.
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use keelson_raftstore::bench::{BenchConfig, Workload, run as run_bench};
 
@@ -13,6 +14,66 @@ pub(crate) enum BenchCommand {
     /// Pod startup: pods created onto the cluster's real nodes, each timed
     /// from creation to Running (the image must be on the nodes).
     Pods(PodsBenchArgs),
+    /// The service proxy: render a synthetic cluster's rules, and (as root)
+    /// apply, change and clean them up in a network namespace of its own.
+    Proxy(ProxyBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProxyBenchArgs {
+    /// Services in the synthetic cluster.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Ready endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Times to run it, side by side figures printed per round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Render only: no namespace, no iptables (needs no root).
+    #[arg(long)]
+    render_only: bool,
+}
+
+async fn proxy(args: ProxyBenchArgs) -> anyhow::Result<()> {
+    use keelson_netagent::proxy::bench::{Netns, benchmark};
+    let ms = |d: Option<std::time::Duration>| {
+        d.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
+        )
+    };
+    println!(
+        "proxy  {} services x {} endpoints",
+        args.services, args.endpoints
+    );
+    println!(
+        "round  rules  bytes  render ms  first apply ms  one change ms  resync ms  cleanup ms"
+    );
+    for round in 1..=args.rounds.max(1) {
+        // A namespace of its own, gone when the round ends.
+        let netns = if args.render_only {
+            None
+        } else {
+            Some(
+                Netns::create("keelson-bench-proxy")
+                    .context("a network namespace (run as root)")?,
+            )
+        };
+        let iptables = netns.as_ref().map(Netns::iptables);
+        let report = benchmark(iptables.as_ref(), args.services, args.endpoints).await?;
+        println!(
+            "{round:>5}  {:>5}  {:>5}  {:>9}  {:>14}  {:>13}  {:>9}  {:>10}",
+            report.rules,
+            report.bytes,
+            ms(Some(report.render)),
+            ms(report.first_apply),
+            ms(report.incremental_apply),
+            ms(report.full_resync_in_place),
+            ms(report.cleanup),
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +170,7 @@ pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store(args).await,
         BenchCommand::Scheduler(args) => scheduler(args).await,
         BenchCommand::Pods(args) => pods(args).await,
+        BenchCommand::Proxy(args) => proxy(args).await,
     }
 }
 

@@ -428,11 +428,12 @@ fn a_pod_that_fits_nowhere_waits_for_a_node_that_fits() {
     assert!(m0.kubectl_ok(&["get", "pod/big"]).contains("Pending"));
 
     // A node change that still leaves no room: retried, and the same event
-    // counted again rather than written twice.
+    // counted again rather than written twice (one event; a slow machine
+    // may also see the periodic retry count it).
     m0.kubectl_ok(&["label", "node", "node-a", "disk=ssd"]);
     wait_until(
         CONVERGE,
-        "the FailedScheduling event to be counted twice",
+        "the FailedScheduling event to be counted again",
         || {
             let counts = m0.kubectl_ok(&[
                 "get",
@@ -442,12 +443,13 @@ fn a_pod_that_fits_nowhere_waits_for_a_node_that_fits() {
                 "-o",
                 "jsonpath={.items[*].count}",
             ]);
-            counts.trim() == "2"
+            let counts: Vec<&str> = counts.split_whitespace().collect();
+            counts.len() == 1 && counts[0].parse::<u32>().is_ok_and(|n| n >= 2)
         },
     );
     let events = m0.kubectl_ok(&["events", "--for", "pod/big"]);
     assert!(
-        events.contains("FailedScheduling") && events.contains("(x2 over"),
+        events.contains("FailedScheduling") && events.contains("(x") && events.contains(" over "),
         "{events}"
     );
 

@@ -36,14 +36,15 @@ fn apply(member: &Member, manifest: &serde_json::Value) {
     assert!(output.status.success(), "{output:?}");
 }
 
-/// A pod on `node` serving its own name over HTTP on port 8080.
+/// A pod on `node` serving its own name over HTTP on port 8080; ready
+/// while /www/ready exists.
 fn web_pod(name: &str, node: &str, labels: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "web", "image": IMAGE,
-                "command": ["sh", "-c", "busybox mkdir -p /www && hostname > /www/index.html && exec busybox httpd -f -p 8080 -h /www"],
+                "command": ["sh", "-c", "busybox mkdir -p /www && hostname > /www/index.html && echo ok > /www/ready && exec busybox httpd -f -p 8080 -h /www"],
                 "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}})
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}}]}})
 }
 
 fn pod_ip(member: &Member, pod: &str) -> String {
@@ -74,11 +75,11 @@ fn fetch(member: &Member, pod: &str, host: &str, port: u16) -> Result<String, St
     }
 }
 
-#[test]
-fn pods_reach_each_other_across_nodes() {
+/// Two nodes, a and b, each in its own namespace, and a control plane
+/// whose API they reach on the bridge; both nodes Ready.
+fn two_nodes() -> (Network, Cluster) {
     let mut network = Network::create(2);
-    let cluster_cidr = network.cluster_cidr();
-    let service_cidr = network.service_cidr();
+    let (cluster_cidr, service_cidr) = (network.cluster_cidr(), network.service_cidr());
     let plane = Cluster::start_control_plane_on(
         &network.gateway.clone(),
         &[
@@ -88,13 +89,20 @@ fn pods_reach_each_other_across_nodes() {
             &service_cidr,
         ],
     );
-    let m0 = plane.member(0);
-    network.start_agent(0, &m0.kubeconfig(), &[]);
-    network.start_agent(1, &m0.kubeconfig(), &[]);
+    let kubeconfig = plane.member(0).kubeconfig();
+    network.start_agent(0, &kubeconfig, &[]);
+    network.start_agent(1, &kubeconfig, &[]);
     wait_until(CONVERGE, "both nodes to be Ready", || {
-        let nodes = m0.kubectl_ok(&["get", "nodes"]);
+        let nodes = plane.member(0).kubectl_ok(&["get", "nodes"]);
         nodes.lines().filter(|l| l.contains(" Ready ")).count() == 2
     });
+    (network, plane)
+}
+
+#[test]
+fn pods_reach_each_other_across_nodes() {
+    let (network, plane) = two_nodes();
+    let m0 = plane.member(0);
     apply(m0, &web_pod("web-a", "a", json!({"app": "web"})));
     apply(m0, &web_pod("web-b", "b", json!({"app": "web"})));
     wait_until(CONVERGE, "both pods to be ready", || {
@@ -135,7 +143,7 @@ fn pods_reach_each_other_across_nodes() {
         routes.contains(&format!(
             "{b_cidr} via {} dev eth0 proto 242",
             network.nodes[1].ip
-        )) && routes.contains(&format!("blackhole {cluster_cidr} proto 242")),
+        )) && routes.contains(&format!("blackhole {} proto 242", network.cluster_cidr())),
         "{routes}"
     );
 
@@ -146,5 +154,233 @@ fn pods_reach_each_other_across_nodes() {
         std::fs::read_dir(&dir)
             .map(|d| !d.flatten().any(|e| e.file_name().to_string_lossy() == b))
             .unwrap_or(true)
+    });
+}
+
+/// Runs `script` in `pod` with `sh -c`: stdout, or the failure.
+fn sh(member: &Member, pod: &str, script: &str) -> Result<String, String> {
+    let output = member.kubectl(&["exec", pod, "--", "sh", "-c", script]);
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// The hosts that answered `count` GETs of `target` (`HOST PORT`) from `pod`.
+fn answers(member: &Member, pod: &str, target: &str, count: u32) -> Vec<String> {
+    let script = format!(
+        "for i in $(busybox seq {count}); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {target} | busybox tail -n 1; done"
+    );
+    sh(member, pod, &script)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What `busybox nslookup` says of `name` in `pod` (it fails when any
+/// name of the search path is missing, even if another was found).
+fn lookup(member: &Member, pod: &str, name: &str) -> String {
+    sh(member, pod, &format!("busybox nslookup {name} 2>&1")).unwrap_or_else(|e| e)
+}
+
+/// An HTTP GET from this (the host's) namespace.
+fn get_from_host(address: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &address.parse().map_err(|e| format!("{address}: {e}"))?,
+        Duration::from_secs(3),
+    )
+    .map_err(|e| format!("{address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or(text)
+}
+
+#[test]
+fn services_balance_resolve_and_survive_an_agent_restart() {
+    let (mut network, plane) = two_nodes();
+    let m0 = plane.member(0);
+    // Three replicas over the two nodes, and a client pod.
+    for (name, node) in [("web-1", "a"), ("web-2", "b"), ("web-3", "b")] {
+        apply(m0, &web_pod(name, node, json!({"app": "web"})));
+    }
+    apply(
+        m0,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"nodeName": "a", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": IMAGE, "command": ["sleep", "3600"]}]}}),
+    );
+    apply(
+        m0,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "type": "NodePort",
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    );
+    apply(
+        m0,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-headless"},
+        "spec": {"selector": {"app": "web"}, "clusterIP": "None",
+            "ports": [{"name": "http", "port": 8080}]}}),
+    );
+    apply(
+        m0,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "elsewhere"},
+        "spec": {"type": "ExternalName", "externalName": "db.example.org"}}),
+    );
+    wait_until(CONVERGE, "the replicas and the client to be ready", || {
+        ["web-1", "web-2", "web-3", "client"]
+            .iter()
+            .all(|p| ready(m0, p))
+    });
+    let vip = m0.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+
+    // By ClusterIP: every replica answers.
+    wait_until(CONVERGE, "every replica to answer on the ClusterIP", || {
+        let hosts = answers(m0, "client", &format!("{vip} 80"), 60);
+        ["web-1", "web-2", "web-3"]
+            .iter()
+            .all(|h| hosts.iter().any(|a| a == h))
+    });
+    let hosts = answers(m0, "client", &format!("{vip} 80"), 200);
+    assert_eq!(hosts.len(), 200, "every request answered");
+    for replica in ["web-1", "web-2", "web-3"] {
+        assert!(
+            hosts.iter().any(|h| h == replica),
+            "{replica} never answered"
+        );
+    }
+    // By name, through the search path (glibc's resolver in busybox's nc
+    // honours ndots:5; busybox's nslookup only searches dotless names).
+    for name in ["web", "web.default.svc.cluster.local"] {
+        let found = lookup(m0, "client", name);
+        assert!(
+            found.contains(&format!("Address: {vip}")),
+            "{name}: {found}"
+        );
+    }
+    for name in [
+        "web",
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster.local",
+    ] {
+        let hosts = answers(m0, "client", &format!("{name} 80"), 3);
+        assert_eq!(hosts.len(), 3, "{name}: {hosts:?}");
+    }
+    // A headless Service gives every ready pod; SRV for the named port.
+    let headless = lookup(m0, "client", "web-headless.default.svc.cluster.local");
+    for pod in ["web-1", "web-2", "web-3"] {
+        assert!(headless.contains(&pod_ip(m0, pod)), "{pod}: {headless}");
+    }
+    let srv = lookup(
+        m0,
+        "client",
+        "-type=SRV _http._tcp.web.default.svc.cluster.local",
+    );
+    assert!(
+        srv.contains("web.default.svc.cluster.local") && srv.contains(" 80 "),
+        "{srv}"
+    );
+    let cname = lookup(m0, "client", "elsewhere.default.svc.cluster.local");
+    assert!(cname.contains("db.example.org"), "{cname}");
+    let missing = lookup(m0, "client", "nothing.default.svc.cluster.local");
+    assert!(
+        missing.contains("NXDOMAIN") && missing.matches("Address:").count() == 1,
+        "only the server's address: {missing}"
+    );
+
+    // NodePort, from the host, on both nodes' addresses.
+    let node_port = m0.kubectl_ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    for node in &network.nodes {
+        let page = get_from_host(&format!("{}:{node_port}", node.ip))
+            .unwrap_or_else(|e| panic!("NodePort on {}: {e}", node.name));
+        assert!(page.starts_with("web-"), "{page}");
+    }
+
+    // A replica whose readiness fails leaves the rotation (and still
+    // answers, to anyone who reaches it).
+    sh(m0, "web-3", "busybox rm /www/ready").expect("rm");
+    wait_until(CONVERGE, "web-3 to be unready", || !ready(m0, "web-3"));
+    wait_until(CONVERGE, "web-3 to leave the rotation", || {
+        !answers(m0, "client", &format!("{vip} 80"), 20)
+            .iter()
+            .any(|h| h == "web-3")
+    });
+    let hosts = answers(m0, "client", &format!("{vip} 80"), 60);
+    assert!(
+        hosts.len() == 60 && hosts.iter().all(|h| h == "web-1" || h == "web-2"),
+        "{hosts:?}"
+    );
+
+    // A restarted agent leaves traffic flowing and its rules as they were.
+    let netns_a = network.nodes[0].netns.clone();
+    let rules = |netns: &str| {
+        let saved = in_netns(netns, &["iptables-save"]).expect("iptables-save");
+        let mut lines: Vec<String> = saved
+            .lines()
+            .filter(|l| l.contains("KEELSON-") && !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
+            .collect();
+        lines.sort();
+        lines
+    };
+    let before = rules(&netns_a);
+    assert!(
+        before.iter().any(|l| l.contains(&format!("-d {vip}/32"))),
+        "{before:?}"
+    );
+    network.kill_agent(0);
+    // With no agent on node a (so no exec there), from its own namespace.
+    let from_node_a = || {
+        in_netns(
+            &netns_a,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {vip} 80 | busybox tail -n 1"
+                ),
+            ],
+        )
+    };
+    for _ in 0..10 {
+        let page = from_node_a().expect("the Service answers while the agent is away");
+        assert!(page == "web-1\n" || page == "web-2\n", "{page}");
+    }
+    network.start_agent(0, &m0.kubeconfig(), &[]);
+    wait_until(CONVERGE, "the restarted agent's node to be Ready", || {
+        m0.kubectl_ok(&["get", "node", "a"]).contains(" Ready ")
+    });
+    assert_eq!(answers(m0, "client", &format!("{vip} 80"), 10).len(), 10);
+    assert_eq!(rules(&netns_a), before, "the same rules after the restart");
+
+    // A deleted Service takes its rules with it.
+    m0.kubectl_ok(&["delete", "service", "web"]);
+    wait_until(CONVERGE, "the Service's rules to go", || {
+        !rules(&netns_a)
+            .iter()
+            .any(|l| l.contains(&format!("-d {vip}/32")))
     });
 }

@@ -57,6 +57,12 @@ impl ServiceRange {
         Ipv4Addr::from(u32::from(self.base) + 1)
     }
 
+    /// The cluster DNS address, the tenth (k3s's `10.43.0.10`): the
+    /// `kube-dns` Service's, served by every node's agent.
+    pub fn dns(self) -> Ipv4Addr {
+        self.nth(10)
+    }
+
     fn nth(self, offset: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.base) + offset)
     }

@@ -195,7 +195,11 @@ pub async fn run<R: Runtime>(
         tasks.spawn(routes::run(
             client.clone(),
             config.name.clone(),
-            config.network.cluster_cidr.clone(),
+            routes::Ranges {
+                cluster_cidr: config.network.cluster_cidr.clone(),
+                service_cidr: config.network.service_cidr.clone(),
+                bridge: "keelson0".into(),
+            },
             shutdown.clone(),
         ));
     }

@@ -55,6 +55,8 @@ pub struct NetworkConfig {
     pub routes: bool,
     /// Every pod's address is in it (Kubernetes' `--cluster-cidr`).
     pub cluster_cidr: String,
+    /// Every Service's cluster IP is in it.
+    pub service_cidr: String,
     /// The cluster DNS servers pods are given (the kubelet's `--cluster-dns`).
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
@@ -65,6 +67,7 @@ impl Default for NetworkConfig {
         Self {
             routes: false,
             cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
         }

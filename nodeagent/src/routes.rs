@@ -6,6 +6,7 @@
 //! ```text
 //!  Nodes (watch) ─► desired(nodes, me) ─► ip route replace CIDR via NODE_IP proto 242
 //!                                          ip route replace blackhole CLUSTER_CIDR proto 242
+//!                                          ip route replace SERVICE_CIDR dev keelson0 proto 242
 //!  routes of proto 242 no longer desired ─► ip route del
 //! ```
 //!
@@ -37,15 +38,39 @@ pub enum RouteError {
     Failed { args: String, stderr: String },
 }
 
-/// What the routing table should hold: destination → via (`None`: a
-/// blackhole).
+/// Where a route sends its packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Through a node on the same link.
+    Via(String),
+    /// Onto a device: the pods' bridge, for the Service range, so that the
+    /// node's own connections to a Service address have a route to be
+    /// rewritten from (no default route here).
+    Dev(String),
+    Blackhole,
+}
+
+/// The cluster's ranges as the routes need them.
+#[derive(Clone, Debug)]
+pub struct Ranges {
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    /// The pods' bridge.
+    pub bridge: String,
+}
+
+/// What the routing table should hold: destination → target.
 pub fn desired<N: std::ops::Deref<Target = Node>>(
     nodes: &[N],
     me: &str,
-    cluster_cidr: &str,
-) -> BTreeMap<String, Option<String>> {
+    ranges: &Ranges,
+) -> BTreeMap<String, Target> {
     let mut routes = BTreeMap::new();
-    routes.insert(cluster_cidr.to_owned(), None);
+    routes.insert(ranges.cluster_cidr.clone(), Target::Blackhole);
+    routes.insert(
+        ranges.service_cidr.clone(),
+        Target::Dev(ranges.bridge.clone()),
+    );
     for node in nodes {
         if node.metadata.name.as_deref() == Some(me) {
             continue;
@@ -61,21 +86,27 @@ pub fn desired<N: std::ops::Deref<Target = Node>>(
         if let (Some(cidr), Some(ip)) = (cidr, ip)
             && ip.parse::<std::net::Ipv4Addr>().is_ok()
         {
-            routes.insert(cidr, Some(ip));
+            routes.insert(cidr, Target::Via(ip));
         }
     }
     routes
 }
 
 /// The agent's routes now in the table, from `ip -json route show proto 242`.
-pub fn parse_current(json: &str) -> BTreeMap<String, Option<String>> {
+pub fn parse_current(json: &str) -> BTreeMap<String, Target> {
     let routes: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
     routes
         .into_iter()
         .filter_map(|r| {
             let dst = r["dst"].as_str()?.to_owned();
-            let via = r["gateway"].as_str().map(str::to_owned);
-            Some((dst, via))
+            let target = if r["type"] == "blackhole" {
+                Target::Blackhole
+            } else if let Some(via) = r["gateway"].as_str() {
+                Target::Via(via.to_owned())
+            } else {
+                Target::Dev(r["dev"].as_str()?.to_owned())
+            };
+            Some((dst, target))
         })
         .collect()
 }
@@ -99,16 +130,26 @@ async fn ip(args: &[&str]) -> Result<String, RouteError> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Makes the table hold exactly `desired` among the agent's routes.
-pub async fn apply(desired: &BTreeMap<String, Option<String>>) -> Result<(), RouteError> {
+/// Makes the table hold exactly `desired` among the agent's routes. A
+/// route through a device not there yet (the pods' bridge before the
+/// first pod) is left for a later pass.
+pub async fn apply(desired: &BTreeMap<String, Target>) -> Result<(), RouteError> {
     let current = parse_current(&ip(&["-json", "route", "show", "proto", PROTO]).await?);
-    for (dst, via) in desired {
-        if current.get(dst) == Some(via) {
+    for (dst, target) in desired {
+        if current.get(dst) == Some(target) {
             continue;
         }
-        match via {
-            Some(via) => ip(&["route", "replace", dst, "via", via, "proto", PROTO]).await?,
-            None => ip(&["route", "replace", "blackhole", dst, "proto", PROTO]).await?,
+        match target {
+            Target::Via(via) => ip(&["route", "replace", dst, "via", via, "proto", PROTO]).await?,
+            Target::Dev(dev) => {
+                if ip(&["link", "show", dev]).await.is_err() {
+                    continue;
+                }
+                ip(&["route", "replace", dst, "dev", dev, "proto", PROTO]).await?
+            }
+            Target::Blackhole => {
+                ip(&["route", "replace", "blackhole", dst, "proto", PROTO]).await?
+            }
         };
     }
     for dst in current.keys().filter(|d| !desired.contains_key(*d)) {
@@ -117,13 +158,45 @@ pub async fn apply(desired: &BTreeMap<String, Option<String>>) -> Result<(), Rou
     Ok(())
 }
 
-/// Removes every route the agent made (`keelson agent --cleanup`).
+/// The label of the node-local service addresses the agent puts on
+/// loopback (the cluster DNS address, answered by the agent itself), so
+/// they can be told from anyone else's.
+pub const LOCAL_LABEL: &str = "lo:keelson";
+
+/// Puts `local` (as a /32) on loopback, labelled as the agent's.
+pub async fn ensure_local_address(local: &str) -> Result<(), RouteError> {
+    let address = format!("{local}/32");
+    let present = ip(&["-o", "addr", "show", "dev", "lo"]).await?;
+    if !present.contains(&format!(" {address} ")) {
+        ip(&["addr", "add", &address, "dev", "lo", "label", LOCAL_LABEL]).await?;
+    }
+    Ok(())
+}
+
+/// The addresses the agent put on loopback, from `ip -o addr show dev lo`.
+fn local_addresses(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.trim_end().ends_with(LOCAL_LABEL) || l.contains(&format!(" {LOCAL_LABEL}\\")))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Removes every route the agent made, and its loopback addresses
+/// (`keelson agent --cleanup`).
 pub async fn cleanup() -> Result<(), RouteError> {
-    apply(&BTreeMap::new()).await
+    apply(&BTreeMap::new()).await?;
+    for address in local_addresses(&ip(&["-o", "addr", "show", "dev", "lo"]).await?) {
+        ip(&["addr", "del", &address, "dev", "lo"]).await?;
+    }
+    Ok(())
 }
 
 /// Keeps the routes in step with the nodes until `shutdown`.
-pub async fn run(client: Client, me: String, cluster_cidr: String, shutdown: CancellationToken) {
+pub async fn run(client: Client, me: String, ranges: Ranges, shutdown: CancellationToken) {
     let nodes = Informer::<Node>::new(None);
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = changed.clone();
@@ -134,20 +207,20 @@ pub async fn run(client: Client, me: String, cluster_cidr: String, shutdown: Can
     }
     let mut last = BTreeMap::new();
     loop {
-        let want = desired(&nodes.list(), &me, &cluster_cidr);
+        let want = desired(&nodes.list(), &me, &ranges);
         if want != last {
             match apply(&want).await {
                 Ok(()) => {
-                    tracing::info!(routes = want.len(), "pod routes to other nodes in place");
+                    tracing::debug!(routes = want.len(), "cluster routes in place");
                     last = want;
                 }
-                Err(error) => tracing::warn!(%error, "cannot set the routes to other nodes"),
+                Err(error) => tracing::warn!(%error, "cannot set the cluster routes"),
             }
         }
         tokio::select! {
             () = changed.notified() => {}
-            // Also now and then: someone may have removed one.
-            () = tokio::time::sleep(Duration::from_secs(30)) => last.clear(),
+            // Also now and then: a device may have come, a route gone.
+            () = tokio::time::sleep(Duration::from_secs(5)) => last.clear(),
             () = shutdown.cancelled() => return,
         }
     }
@@ -175,25 +248,44 @@ mod tests {
             node("c", None, "10.99.0.4"),
         ];
         let nodes: Vec<&Node> = nodes.iter().collect();
-        let routes = desired(&nodes, "a", "10.42.0.0/16");
+        let ranges = Ranges {
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            bridge: "keelson0".into(),
+        };
+        let routes = desired(&nodes, "a", &ranges);
         assert_eq!(
             routes.into_iter().collect::<Vec<_>>(),
             vec![
-                ("10.42.0.0/16".to_owned(), None),
-                ("10.42.1.0/24".to_owned(), Some("10.99.0.3".to_owned())),
+                ("10.42.0.0/16".to_owned(), Target::Blackhole),
+                ("10.42.1.0/24".to_owned(), Target::Via("10.99.0.3".into())),
+                ("10.43.0.0/16".to_owned(), Target::Dev("keelson0".into())),
             ]
         );
     }
 
     #[test]
+    fn only_the_agents_loopback_addresses_are_its() {
+        let text = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n\
+                    1: lo    inet 10.43.0.10/32 scope global lo:keelson\\       valid_lft forever preferred_lft forever\n\
+                    1: lo    inet 10.9.9.9/32 scope global lo:other\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(local_addresses(text), vec!["10.43.0.10/32".to_owned()]);
+    }
+
+    #[test]
     fn the_table_is_read_from_ip_json() {
         let text = r#"[{"type":"blackhole","dst":"10.42.0.0/16","protocol":"242","flags":[]},
-            {"dst":"10.42.1.0/24","gateway":"10.99.0.3","dev":"eth0","protocol":"242","flags":[]}]"#;
+            {"dst":"10.42.1.0/24","gateway":"10.99.0.3","dev":"eth0","protocol":"242","flags":[]},
+            {"dst":"10.43.0.0/16","dev":"keelson0","protocol":"242","scope":"link","flags":[]}]"#;
         let current = parse_current(text);
-        assert_eq!(current.get("10.42.0.0/16"), Some(&None));
+        assert_eq!(current.get("10.42.0.0/16"), Some(&Target::Blackhole));
         assert_eq!(
             current.get("10.42.1.0/24"),
-            Some(&Some("10.99.0.3".to_owned()))
+            Some(&Target::Via("10.99.0.3".into()))
+        );
+        assert_eq!(
+            current.get("10.43.0.0/16"),
+            Some(&Target::Dev("keelson0".into()))
         );
         assert!(parse_current("").is_empty());
     }

@@ -153,7 +153,8 @@ impl Network {
 
     /// Starts node `i`'s agent against the API in `kubeconfig`.
     pub(crate) fn start_agent(&mut self, i: usize, kubeconfig: &Path, extra: &[&str]) {
-        let (cluster_cidr, dns) = (self.cluster_cidr(), self.cluster_dns());
+        let (cluster_cidr, service_cidr, dns) =
+            (self.cluster_cidr(), self.service_cidr(), self.cluster_dns());
         let node = &mut self.nodes[i];
         // nsenter, not `ip netns exec`: that one also remounts /sys, which
         // hides the cgroup hierarchies the containers need.
@@ -169,6 +170,7 @@ impl Network {
                 "2s",
             ])
             .args(["--cluster-cidr", &cluster_cidr, "--cluster-dns", &dns])
+            .args(["--service-cidr", &service_cidr])
             .args(extra)
             .arg("--data-dir")
             .arg(node.data.path())

@@ -247,28 +247,53 @@ impl Api {
         }
         // The `kubernetes` Service, on the range's first address, as every
         // cluster has it.
+        self.ensure_service(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": self.services.first().to_string(),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        }))
+        .await?;
+        // `kube-dns`, on the tenth: no selector, no endpoints; every node's
+        // agent answers at its address.
+        self.ensure_service(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                    "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": self.services.dns().to_string(), "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]},
+        }))
+        .await
+    }
+
+    /// Creates a Service every cluster has, unless it exists.
+    async fn ensure_service(&self, mut service: Value) -> Result<()> {
         let services = resources::find("", "v1", "services").ok_or_else(ApiError::no_such_path)?;
-        let key = services.key(Some("default"), "kubernetes");
-        if self.store.get(key.as_bytes()).await?.is_none() {
-            let ip = self.services.first().to_string();
-            let mut service = json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "kubernetes", "namespace": "default",
-                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
-            });
-            object::prepare_create(services, &mut service, Some("default"))?;
-            defaults::apply(services, &mut service);
-            defaults_on_create(services, &mut service);
-            allocate::service(&self.store, self.services, &mut service, None)
-                .await
-                .or_else(|e| {
-                    // Taken by a member that got here first.
-                    if e.code == 422 { Ok(json!({})) } else { Err(e) }
-                })?;
-            self.store.create(key.as_bytes(), encode(&service)).await?;
+        let namespace = service["metadata"]["namespace"].as_str().map(str::to_owned);
+        let name = service["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = services.key(namespace.as_deref(), &name);
+        if self.store.get(key.as_bytes()).await?.is_some() {
+            return Ok(());
         }
+        object::prepare_create(services, &mut service, namespace.as_deref())?;
+        defaults::apply(services, &mut service);
+        defaults_on_create(services, &mut service);
+        allocate::service(&self.store, self.services, &mut service, None)
+            .await
+            .or_else(|e| {
+                // Taken by a member that got here first.
+                if e.code == 422 { Ok(json!({})) } else { Err(e) }
+            })?;
+        self.store.create(key.as_bytes(), encode(&service)).await?;
         Ok(())
     }
 

@@ -108,6 +108,9 @@ struct Backend {
     serving: bool,
     terminating: bool,
     ports: PortSet,
+    /// The pod's `hostname`, when its `subdomain` is the Service: its
+    /// DNS name under the Service (`web-0.web.ns.svc…`).
+    hostname: Option<String>,
 }
 
 /// The pods backing `service`, sorted by name.
@@ -138,6 +141,10 @@ fn backends(service: &Service, pods: &[Arc<Pod>]) -> Vec<Backend> {
                 .collect();
             let terminating = pod.metadata.deletion_timestamp.is_some();
             let serving = is_ready(pod) || publish_not_ready;
+            let hostname = pod.spec.as_ref().and_then(|s| {
+                let named = s.subdomain.is_some() && s.subdomain == service.metadata.name;
+                s.hostname.clone().filter(|h| named && !h.is_empty())
+            });
             Some(Backend {
                 pod: pod.clone(),
                 ip,
@@ -145,6 +152,7 @@ fn backends(service: &Service, pods: &[Arc<Pod>]) -> Vec<Backend> {
                 serving,
                 terminating,
                 ports,
+                hostname,
             })
         })
         .collect();
@@ -172,7 +180,7 @@ fn subsets(backends: &[Backend]) -> Vec<EndpointSubset> {
             ip: b.ip.clone(),
             node_name: b.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(target_ref(&b.pod)),
-            hostname: None,
+            hostname: b.hostname.clone(),
         };
         let group = groups.entry(b.ports.clone()).or_default();
         if b.ready {
@@ -215,6 +223,7 @@ fn slice_contents(backends: &[Backend]) -> Vec<(Vec<SlicePort>, Vec<Endpoint>)> 
             }),
             node_name: b.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             target_ref: Some(target_ref(&b.pod)),
+            hostname: b.hostname.clone(),
             ..Endpoint::default()
         });
     }
@@ -581,5 +590,29 @@ mod tests {
                 .unwrap()
                 .ready
         );
+    }
+
+    #[test]
+    fn pods_of_the_services_subdomain_carry_their_hostname() {
+        let named = |subdomain: &str| {
+            let mut p = (*pod("web-0", "10.42.0.2", true, false, "http", 8080)).clone();
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some("web-0".into());
+            spec.subdomain = Some(subdomain.into());
+            Arc::new(p)
+        };
+        let hostname = |pods: Vec<Arc<Pod>>| {
+            let all = backends(&service(false), &pods);
+            let slices = slice_contents(&all);
+            let address = subsets(&all)[0].addresses.as_ref().unwrap()[0]
+                .hostname
+                .clone();
+            (slices[0].1[0].hostname.clone(), address)
+        };
+        assert_eq!(
+            hostname(vec![named("web")]),
+            (Some("web-0".into()), Some("web-0".into()))
+        );
+        assert_eq!(hostname(vec![named("other")]), (None, None));
     }
 }
