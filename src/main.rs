@@ -7,6 +7,7 @@ mod agent;
 mod bench;
 mod image;
 mod server;
+mod tunnel;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,8 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Make LoadBalancer addresses reachable from this machine while it runs.
+    Tunnel(tunnel::TunnelArgs),
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
             Command::Image(command) => image::run(command),
             Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,
+            Command::Tunnel(args) => tunnel::run(args).await,
         }
     });
     match outcome {

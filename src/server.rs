@@ -134,6 +134,11 @@ pub(crate) struct ServerArgs {
         default_value_t = 12_500
     )]
     terminated_pod_gc_threshold: usize,
+    /// Where LoadBalancer Services' addresses come from (a CIDR, such as
+    /// 10.44.0.0/24); without it they stay <pending>, as on a cluster
+    /// without a load balancer.
+    #[arg(long, env = "KEELSON_LOAD_BALANCER_IP_RANGE")]
+    load_balancer_ip_range: Option<String>,
     /// Seconds a pod tolerates its node being not ready, unless it says.
     #[arg(
         long,
@@ -206,6 +211,18 @@ impl ServerArgs {
         }
         config.node.node_cidr_mask = self.node_cidr_mask_size;
         config.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
+        config.load_balancer_pool = match &self.load_balancer_ip_range {
+            Some(range) => Some(
+                keelson_control::controllers::loadbalancer::Pool::parse(range).with_context(
+                    || {
+                        format!(
+                            "--load-balancer-ip-range {range:?} is not a CIDR like 10.44.0.0/24"
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
         Ok(Some(config))
     }
 }

@@ -80,6 +80,7 @@ fn fetch(member: &Member, pod: &str, host: &str, port: u16) -> Result<String, St
 fn two_nodes() -> (Network, Cluster) {
     let mut network = Network::create(2);
     let (cluster_cidr, service_cidr) = (network.cluster_cidr(), network.service_cidr());
+    let lb_range = network.lb_range();
     let plane = Cluster::start_control_plane_on(
         &network.gateway.clone(),
         &[
@@ -87,6 +88,8 @@ fn two_nodes() -> (Network, Cluster) {
             &cluster_cidr,
             "--service-cluster-ip-range",
             &service_cidr,
+            "--load-balancer-ip-range",
+            &lb_range,
         ],
     );
     let kubeconfig = plane.member(0).kubeconfig();
@@ -318,6 +321,50 @@ fn services_balance_resolve_and_survive_an_agent_restart() {
             .unwrap_or_else(|e| panic!("NodePort on {}: {e}", node.name));
         assert!(page.starts_with("web-"), "{page}");
     }
+
+    // A LoadBalancer gets an address of the pool, which answers from the
+    // host while `keelson tunnel` runs.
+    apply(
+        m0,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-lb"},
+        "spec": {"selector": {"app": "web"}, "type": "LoadBalancer",
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    );
+    let mut external = String::new();
+    wait_until(CONVERGE, "web-lb to get an external address", || {
+        let row = m0.kubectl_ok(&["get", "svc", "web-lb", "--no-headers"]);
+        external = row.split_whitespace().nth(3).unwrap_or_default().to_owned();
+        external != "<pending>" && !external.is_empty()
+    });
+    let prefix = network
+        .lb_range()
+        .rsplit_once(".0/")
+        .expect("a /24")
+        .0
+        .to_owned();
+    assert!(external.starts_with(&format!("{prefix}.")), "{external}");
+    let mut tunnel_command = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"));
+    tunnel_command.args([
+        "tunnel",
+        "--via",
+        &network.nodes[0].ip,
+        "--range",
+        &network.lb_range(),
+    ]);
+    let mut tunnel = common::spawn_background(tunnel_command, "keelson tunnel".into());
+    wait_until(
+        CONVERGE,
+        "the LoadBalancer address to answer from the host",
+        || get_from_host(&format!("{external}:80")).is_ok_and(|page| page.starts_with("web-")),
+    );
+    tunnel.terminate();
+    let (status, _) = tunnel.wait_for_exit();
+    assert!(status.success(), "{status}");
+    let route = std::process::Command::new("ip")
+        .args(["route", "show", &network.lb_range()])
+        .output()
+        .expect("ip route");
+    assert!(route.stdout.is_empty(), "the tunnel's route is gone");
 
     // A replica whose readiness fails leaves the rotation (and still
     // answers, to anyone who reaches it).

@@ -505,6 +505,16 @@ impl Background {
             .expect("write to etcdctl stdin");
     }
 
+    /// Asks the process to stop (SIGTERM), as Ctrl-C or a service manager would.
+    #[allow(dead_code, reason = "not every test stops a process gently")]
+    pub(crate) fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.description);
+    }
+
     /// Waits (at most [`LINE_DEADLINE`]) for the process to exit by itself;
     /// returns its exit status and everything it wrote to stderr.
     pub(crate) fn wait_for_exit(&mut self) -> (ExitStatus, String) {

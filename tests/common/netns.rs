@@ -4,7 +4,7 @@
 //! service ranges, so nothing addressed to them leaves the machine.
 //!
 //! ```text
-//!  host: kbrN 10.99.N.1/24 (the API listens here)   blackhole 10.(100+N)/16, 10.(150+N)/16
+//!  host: kbrN 10.99.N.1/24 (the API listens here)   blackhole 10.(100+N)/16, 10.(150+N)/16, 10.(200+N)/16
 //!    ├─ veth ── netns knN-a: eth0 10.99.N.2   (keelson agent, pods on keelson0)
 //!    └─ veth ── netns knN-b: eth0 10.99.N.3
 //! ```
@@ -82,6 +82,12 @@ impl Network {
         format!("10.{}.0.0/16", 150 + u16::from(self.id))
     }
 
+    /// The LoadBalancer addresses (`--load-balancer-ip-range`); a /24 of a
+    /// /16 blackholed on the host.
+    pub(crate) fn lb_range(&self) -> String {
+        format!("10.{}.0.0/24", 200 + u16::from(self.id))
+    }
+
     /// The cluster DNS address (the tenth of the Services' range).
     pub(crate) fn cluster_dns(&self) -> String {
         format!("10.{}.0.10", 150 + u16::from(self.id))
@@ -117,7 +123,8 @@ impl Network {
             &network.bridge,
         ]);
         ip(&["link", "set", &network.bridge, "up"]);
-        for range in [network.cluster_cidr(), network.service_cidr()] {
+        let lb_net = format!("10.{}.0.0/16", 200 + u16::from(id));
+        for range in [network.cluster_cidr(), network.service_cidr(), lb_net] {
             ip(&["route", "add", "blackhole", &range]);
             network.host_routes.push(range);
         }
@@ -236,6 +243,12 @@ impl Drop for Network {
         drop(
             Command::new("ip")
                 .args(["link", "del", &self.bridge])
+                .status(),
+        );
+        // A tunnel killed before it could remove its route.
+        drop(
+            Command::new("ip")
+                .args(["route", "del", &self.lb_range()])
                 .status(),
         );
         for range in &self.host_routes {

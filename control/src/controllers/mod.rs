@@ -32,6 +32,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod loadbalancer;
 pub mod namespace;
 pub mod node;
 pub mod podgc;
@@ -53,6 +54,9 @@ pub struct ControllerConfig {
     pub node: node::NodeConfig,
     /// Finished pods kept before the oldest are deleted.
     pub terminated_pod_gc_threshold: usize,
+    /// Where LoadBalancer Services' addresses come from (none: they stay
+    /// pending).
+    pub load_balancer_pool: Option<loadbalancer::Pool>,
 }
 
 impl ControllerConfig {
@@ -68,6 +72,7 @@ impl ControllerConfig {
             retry_period: Duration::from_millis(500),
             node: node::NodeConfig::default(),
             terminated_pod_gc_threshold: 12_500,
+            load_balancer_pool: None,
         }
     }
 
@@ -175,6 +180,16 @@ pub async fn run_controllers(
             config.terminated_pod_gc_threshold,
         );
 
+        if let Some(pool) = config.load_balancer_pool {
+            let lb = loadbalancer::LoadBalancerController::new(
+                client.clone(),
+                &services,
+                pool,
+                recorder("service-lb-controller"),
+                shutdown.clone(),
+            );
+            tasks.spawn(lb.run(shutdown.clone()));
+        }
         tasks.spawn(pods.run(client.clone(), shutdown.clone()));
         tasks.spawn(nodes.run(client.clone(), shutdown.clone()));
         tasks.spawn(replicasets.run(client.clone(), shutdown.clone()));
