@@ -421,7 +421,11 @@ fn services_balance_resolve_and_survive_an_agent_restart() {
         m0.kubectl_ok(&["get", "node", "a"]).contains(" Ready ")
     });
     assert_eq!(answers(m0, "client", &format!("{vip} 80"), 10).len(), 10);
-    assert_eq!(rules(&netns_a), before, "the same rules after the restart");
+    // The restarted proxy renders the same rules (given time for the
+    // controllers' last writes, if any, to reach it).
+    wait_until(CONVERGE, "the same rules after the restart", || {
+        rules(&netns_a) == before
+    });
 
     // A deleted Service takes its rules with it.
     m0.kubectl_ok(&["delete", "service", "web"]);

@@ -465,9 +465,20 @@ impl EndpointsController {
                     }
                 }
                 None => {
+                    // A name of its own per Service and position, not a
+                    // generated one: a sync that runs before the cache has
+                    // seen this slice then fails to create it again
+                    // (AlreadyExists, retried) instead of making a twin.
+                    let tag: String = uid
+                        .as_deref()
+                        .unwrap_or_default()
+                        .chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .take(8)
+                        .collect();
                     let slice = EndpointSlice {
                         metadata: ObjectMeta {
-                            generate_name: Some(format!("{name}-")),
+                            name: Some(format!("{name}-{tag}{i}")),
                             namespace: Some(namespace.to_owned()),
                             labels: Some(labels.clone()),
                             owner_references: uid
