@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Member};
+use common::netns::{mounts_under, processes_under};
 use common::{Background, spawn_background, wait_until};
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -72,32 +73,6 @@ impl Node {
     fn kill_agent(&mut self) {
         drop(self.agent.take());
     }
-}
-
-/// Processes whose command line mentions `dir`.
-fn processes_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(PathBuf::from)
-        .filter(|m| m.starts_with(dir))
-        .collect()
 }
 
 impl Drop for Node {

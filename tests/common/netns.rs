@@ -196,7 +196,7 @@ impl Network {
 }
 
 /// Processes whose command line mentions `dir`.
-fn processes_under(dir: &Path) -> Vec<i32> {
+pub(crate) fn processes_under(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -211,7 +211,8 @@ fn processes_under(dir: &Path) -> Vec<i32> {
     found
 }
 
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+/// Mount points under `dir`, deepest first.
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let mut found: Vec<PathBuf> = mounts
         .lines()
