@@ -117,15 +117,24 @@ fn recv_before(lines: &Receiver<String>, deadline: Instant) -> Option<String> {
 }
 
 /// Polls `condition` until it holds, panicking if `timeout` passes first.
-pub(crate) fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_until(timeout: Duration, what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        holds_within(timeout, condition),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Whether `condition` comes to hold before `timeout` passes (for callers
+/// that explain a timeout themselves).
+pub(crate) fn holds_within(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         thread::sleep(POLL_INTERVAL);
     }
+    true
 }
 
 /// `N` distinct ports on 127.0.0.1 that were free a moment ago.

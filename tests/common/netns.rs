@@ -17,7 +17,7 @@
 #![allow(dead_code, reason = "not every test makes a network")]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::{Background, spawn_background};
@@ -250,6 +250,7 @@ impl Drop for Network {
         drop(
             Command::new("ip")
                 .args(["route", "del", &self.lb_range()])
+                .stderr(Stdio::null())
                 .status(),
         );
         for range in &self.host_routes {
