@@ -67,12 +67,12 @@ impl Pool {
     }
 }
 
-fn is_load_balancer(service: &Service) -> bool {
+pub fn is_load_balancer(service: &Service) -> bool {
     service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
 /// The IPv4 ingress addresses in the Service's status.
-fn ingress(service: &Service) -> Vec<Ipv4Addr> {
+pub fn ingress(service: &Service) -> Vec<Ipv4Addr> {
     service
         .status
         .as_ref()
@@ -202,7 +202,7 @@ impl LoadBalancerController {
                 );
                 return Ok(Action::Done);
             }
-            Decision::Clear => json!({"status": {"loadBalancer": {}}}),
+            Decision::Clear => json!({"status": {"loadBalancer": {"ingress": null}}}),
             Decision::Assign(ip) => {
                 self.events.record(
                     service.as_ref(),
