@@ -139,6 +139,11 @@ pub(crate) struct ServerArgs {
     /// without a load balancer.
     #[arg(long, env = "KEELSON_LOAD_BALANCER_IP_RANGE")]
     load_balancer_ip_range: Option<String>,
+    /// More names and addresses the API's serving certificate is valid for
+    /// (a load balancer or failover endpoint in front of the members),
+    /// comma-separated.
+    #[arg(long, env = "KEELSON_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
     /// Seconds a pod tolerates its node being not ready, unless it says.
     #[arg(
         long,
@@ -165,7 +170,10 @@ impl ServerArgs {
         Ok(keelson_control::server::ApiConfig {
             data_dir,
             store_endpoints,
-            extra_hosts: host_name().into_iter().collect(),
+            extra_hosts: host_name()
+                .into_iter()
+                .chain(self.tls_san.iter().filter(|s| !s.is_empty()).cloned())
+                .collect(),
             cluster_name: "keelson".into(),
             service_range: self.service_cluster_ip_range,
             cluster_token: self.initial_cluster_token.clone(),
