@@ -83,8 +83,10 @@ pub(crate) struct AgentArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// Remove the routes (and rules) the agent made in this network
-    /// namespace, then exit.
+    /// Remove what the agent made: every pod sandbox under --data-dir (its
+    /// containers killed, its network, mounts and cgroups released; images
+    /// kept), and the routes, addresses and rules in this network
+    /// namespace; then exit.
     #[arg(long)]
     cleanup: bool,
     /// How often every pod is synced again, its ConfigMap, Secret and
@@ -257,8 +259,55 @@ fn parse_reserved(text: &str) -> anyhow::Result<(u64, u64)> {
     Ok((cpu, memory))
 }
 
+/// The libcontainer runtime over `--data-dir`, with the pod network the
+/// flags ask for.
+fn libcontainer_runtime(
+    args: &AgentArgs,
+    images: keelson_nodeagent::images::Store,
+    rotation: keelson_nodeagent::shim::LogRotation,
+) -> anyhow::Result<keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime> {
+    let mut runtime =
+        keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(&args.data_dir, images)?
+            .with_log_rotation(rotation)
+            .with_insecure_registries(args.insecure_registries.clone());
+    if args.network == NetworkKind::Cni {
+        runtime = runtime.with_network(keelson_nodeagent::runtime::cni::CniConfig {
+            bridge: "keelson0".into(),
+            state_dir: args.data_dir.join("cni"),
+            plugin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        });
+    }
+    Ok(runtime)
+}
+
+/// Stops and removes every pod sandbox on record under `--data-dir` (their
+/// containers killed, their network released, their mounts and cgroups
+/// gone), as a host shutdown would leave nothing running; images stay. The
+/// number removed.
+async fn remove_pods(args: &AgentArgs) -> anyhow::Result<usize> {
+    use keelson_nodeagent::runtime::Runtime;
+    if !matches!(args.runtime, RuntimeKind::Libcontainer) || !args.data_dir.exists() {
+        return Ok(0);
+    }
+    let images = keelson_nodeagent::images::Store::open(&args.data_dir.join("images"))?;
+    let runtime = libcontainer_runtime(args, images, Default::default())?;
+    let sandboxes = runtime.list().await.context("listing the pod sandboxes")?;
+    for sandbox in &sandboxes {
+        runtime
+            .stop_sandbox(&sandbox.id, Duration::from_secs(2))
+            .await
+            .with_context(|| format!("stopping sandbox {}", sandbox.id))?;
+        runtime
+            .remove_sandbox(&sandbox.id)
+            .await
+            .with_context(|| format!("removing sandbox {}", sandbox.id))?;
+    }
+    Ok(sandboxes.len())
+}
+
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.cleanup {
+        let pods = remove_pods(&args).await?;
         keelson_nodeagent::routes::cleanup()
             .await
             .context("removing the agent's routes")?;
@@ -266,7 +315,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .cleanup()
             .await
             .context("removing the service proxy's rules")?;
-        println!("removed the agent's routes, loopback addresses and iptables rules");
+        println!(
+            "removed {pods} pod sandbox(es), the agent's routes, loopback addresses and iptables rules"
+        );
         return Ok(());
     }
     let kubeconfig = Kubeconfig::read(&args.kubeconfig)
@@ -280,7 +331,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--node-labels {label:?}: expected key=value"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    let name = match args.node_name {
+    let name = match args.node_name.clone() {
         Some(name) => name,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|n| n.trim().to_owned())
@@ -321,7 +372,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         })?;
     let config = NodeConfig {
         name,
-        ip: args.node_ip,
+        ip: args.node_ip.clone(),
         labels,
         max_pods: args.max_pods,
         reserved_milli_cpu,
@@ -361,20 +412,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 max_size: max_size as u64,
                 max_files: args.container_log_max_files,
             };
-            let mut runtime = keelson_nodeagent::runtime::libcontainer::LibcontainerRuntime::new(
-                &args.data_dir,
-                images,
-            )?
-            .with_log_rotation(rotation)
-            .with_insecure_registries(args.insecure_registries.clone());
-            if args.network == NetworkKind::Cni {
-                runtime = runtime.with_network(keelson_nodeagent::runtime::cni::CniConfig {
-                    bridge: "keelson0".into(),
-                    state_dir: args.data_dir.join("cni"),
-                    plugin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
-                });
-            }
-            let runtime = Arc::new(runtime);
+            let runtime = Arc::new(libcontainer_runtime(&args, images, rotation)?);
             keelson_nodeagent::run(client, runtime, config, Some(endpoint), shutdown).await?;
         }
         RuntimeKind::Fake => {
