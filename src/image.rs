@@ -15,6 +15,14 @@ pub(crate) enum ImageCommand {
     Pull(PullArgs),
     /// List the images on this node.
     Ls(StoreArgs),
+    /// Load image tarballs into every node of a local cluster (`keelson up`).
+    Load {
+        /// The tarball(s): OCI image layouts or `docker save` archives.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        profile: crate::local::ProfileArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +121,7 @@ pub(crate) fn run(command: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Pull(args) => pull(&args),
+        ImageCommand::Load { files, profile } => crate::local::load_image(&files, &profile.profile),
         ImageCommand::Ls(args) => {
             println!("{}", table(&open(&args)?.list()?));
             Ok(())

@@ -6,6 +6,7 @@
 mod agent;
 mod bench;
 mod image;
+mod local;
 mod server;
 mod tunnel;
 
@@ -63,6 +64,29 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Start a local HA cluster: members and nodes in network namespaces of
+    /// their own, kubectl configured (starts an existing profile again).
+    Up(Box<local::UpArgs>),
+    /// What each component of a local cluster is doing.
+    Status(local::ProfileArg),
+    /// Local clusters.
+    #[command(subcommand)]
+    Profile(local::ProfileCommand),
+    /// Stop a local cluster, keeping its data (`start` brings it back).
+    Stop(local::ProfileArg),
+    /// Start a stopped local cluster.
+    Start(local::ProfileArg),
+    /// Remove a local cluster and everything it made.
+    #[command(alias = "down")]
+    Delete(local::ProfileArg),
+    /// Add, stop, start and delete a local cluster's nodes.
+    #[command(subcommand)]
+    Node(local::NodeCommand),
+    /// A local cluster component's log.
+    Logs(local::LogsArgs),
+    /// Serve a local cluster's API endpoint (started by `up`; not for people).
+    #[command(hide = true)]
+    Endpoint(local::EndpointArgs),
     /// Make LoadBalancer addresses reachable from this machine while it runs.
     Tunnel(tunnel::TunnelArgs),
     /// Measure a component under load.
@@ -174,6 +198,15 @@ fn main() -> ExitCode {
             Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,
             Command::Tunnel(args) => tunnel::run(args).await,
+            Command::Up(args) => local::up(*args).await,
+            Command::Status(args) => local::status(args).await,
+            Command::Profile(command) => local::profile(command).await,
+            Command::Stop(args) => local::stop(args).await,
+            Command::Start(args) => local::start(args).await,
+            Command::Delete(args) => local::delete(args).await,
+            Command::Node(command) => local::node(command).await,
+            Command::Logs(args) => local::logs(args).await,
+            Command::Endpoint(args) => local::endpoint(args).await,
         }
     });
     match outcome {

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{Cluster, Member};
-use common::netns::{Network, in_netns};
+use common::netns::{Network, get_from_host, in_netns};
 use common::wait_until;
 use serde_json::json;
 
@@ -190,29 +190,6 @@ fn answers(member: &Member, pod: &str, target: &str, count: u32) -> Vec<String> 
 /// name of the search path is missing, even if another was found).
 fn lookup(member: &Member, pod: &str, name: &str) -> String {
     sh(member, pod, &format!("busybox nslookup {name} 2>&1")).unwrap_or_else(|e| e)
-}
-
-/// An HTTP GET from this (the host's) namespace.
-fn get_from_host(address: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &address.parse().map_err(|e| format!("{address}: {e}"))?,
-        Duration::from_secs(3),
-    )
-    .map_err(|e| format!("{address}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .ok_or(text)
 }
 
 #[test]

@@ -51,6 +51,30 @@ pub(crate) fn in_netns(netns: &str, command: &[&str]) -> Result<String, String> 
     }
 }
 
+/// An HTTP/1.0 GET of `/` at `address` (`IP:PORT`) from this (the host's)
+/// namespace: the body, or why not.
+pub(crate) fn get_from_host(address: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &address.parse().map_err(|e| format!("{address}: {e}"))?,
+        std::time::Duration::from_secs(3),
+    )
+    .map_err(|e| format!("{address}: {e}"))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or(text)
+}
+
 /// One node: its namespace, address and data directory.
 pub(crate) struct NetNode {
     pub(crate) name: String,
@@ -195,34 +219,14 @@ impl Network {
     }
 }
 
-/// Processes whose command line mentions `dir`.
+/// Processes whose command line names `dir` or a path under it.
 pub(crate) fn processes_under(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            found.push(pid);
-        }
-    }
-    found
+    keelson_chaos::local::Processes::under(dir)
 }
 
 /// Mount points under `dir`, deepest first.
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut found: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(PathBuf::from)
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    // Deepest first.
-    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    found
+    keelson_chaos::local::process::mounts_under(dir)
 }
 
 impl Drop for Network {

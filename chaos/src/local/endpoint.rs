@@ -1,0 +1,222 @@
+//! The profile's API endpoint: one address on the host's end of the bridge
+//! that forwards each TCP connection to a member that answers, so `kubectl`
+//! and the agents keep working while any one member is down.
+//!
+//! ```text
+//!  kubectl, agents ──TCP──► HOST_IP:8443 ──► first healthy member's API :6443
+//!                                 ▲
+//!          every 500 ms: GET http://MEMBER:2381/health (1 s timeout)
+//! ```
+//!
+//! TLS passes through untouched: clients verify the member's serving
+//! certificate, which names the endpoint's address too (`--tls-san`). A
+//! connection sticks to the member it was given; when that member dies the
+//! client reconnects (kubectl retries, watches are re-established) and lands
+//! on another. A member that is stopped (SIGSTOP) still accepts TCP in its
+//! kernel but no longer answers `/health`, so it is skipped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const CHECK_PERIOD: Duration = Duration::from_millis(500);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One member behind the endpoint.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where its Kubernetes API listens.
+    pub api: SocketAddr,
+    /// Where its plain-HTTP `/health` answers.
+    pub health: SocketAddr,
+    healthy: AtomicBool,
+}
+
+impl Backend {
+    pub fn new(api: SocketAddr, health: SocketAddr) -> Self {
+        Self {
+            api,
+            health,
+            // Until the first check says otherwise.
+            healthy: AtomicBool::new(true),
+        }
+    }
+}
+
+/// Whether `health` answers `GET /health` with 200 within the timeout.
+async fn answers(health: SocketAddr) -> bool {
+    let check = async {
+        let mut stream = TcpStream::connect(health).await.ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: member\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let status = answer.split(|b| *b == b'\n').next()?;
+        Some(String::from_utf8_lossy(status).contains(" 200 "))
+    };
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, check).await,
+        Ok(Some(true))
+    )
+}
+
+/// Serves `listener` until `shutdown`, forwarding to `backends`.
+pub async fn serve(listener: TcpListener, backends: Vec<Backend>, shutdown: CancellationToken) {
+    let backends = Arc::new(backends);
+    // The member new connections go to first, while it stays healthy.
+    let preferred = Arc::new(AtomicUsize::new(0));
+    let checker = {
+        let backends = backends.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(CHECK_PERIOD);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                let checks = backends.iter().map(|b| answers(b.health));
+                let results = futures::future::join_all(checks).await;
+                for (backend, healthy) in backends.iter().zip(results) {
+                    let was = backend.healthy.swap(healthy, Ordering::Relaxed);
+                    if was != healthy {
+                        tracing::info!(member = %backend.api, healthy, "member health changed");
+                    }
+                }
+            }
+        })
+    };
+    loop {
+        let (client, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let backends = backends.clone();
+        let preferred = preferred.clone();
+        tokio::spawn(async move {
+            let Some(mut upstream) = connect(&backends, &preferred).await else {
+                tracing::warn!(%peer, "no member accepted the connection");
+                return;
+            };
+            let mut client = client;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+    }
+    checker.abort();
+}
+
+/// A connection to the preferred member if it is healthy, else to the next
+/// healthy one, else to any that accepts.
+async fn connect(backends: &[Backend], preferred: &AtomicUsize) -> Option<TcpStream> {
+    let n = backends.len();
+    let start = preferred.load(Ordering::Relaxed) % n.max(1);
+    let order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+    let healthy_first = order
+        .iter()
+        .filter(|i| backends[**i].healthy.load(Ordering::Relaxed))
+        .chain(
+            order
+                .iter()
+                .filter(|i| !backends[**i].healthy.load(Ordering::Relaxed)),
+        );
+    for &i in healthy_first {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backends[i].api));
+        if let Ok(Ok(stream)) = attempt.await {
+            let _ = stream.set_nodelay(true);
+            if preferred.swap(i, Ordering::Relaxed) != i {
+                tracing::info!(member = %backends[i].api, "forwarding to another member");
+            }
+            return Some(stream);
+        }
+        backends[i].healthy.store(false, Ordering::Relaxed);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 64];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 || stream.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, task)
+    }
+
+    async fn round_trip(endpoint: SocketAddr) -> Vec<u8> {
+        let mut stream = TcpStream::connect(endpoint).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut answer = [0u8; 4];
+        stream.read_exact(&mut answer).await.unwrap();
+        answer.to_vec()
+    }
+
+    #[tokio::test]
+    async fn connections_move_to_a_member_that_is_up() {
+        // The first "member" is a closed port; the second echoes.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_address = closed.local_addr().unwrap();
+        drop(closed);
+        let (live, _task) = echo_server().await;
+        // Health on closed ports: neither answers, so both are tried by
+        // connecting (the order the endpoint falls back to).
+        let backends = vec![
+            Backend::new(closed_address, closed_address),
+            Backend::new(live, closed_address),
+        ];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let served = tokio::spawn(serve(listener, backends, shutdown.clone()));
+        for _ in 0..3 {
+            assert_eq!(round_trip(endpoint).await, b"ping");
+        }
+        shutdown.cancel();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn health_needs_a_200() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                &b"HTTP/1.0 200 OK\r\n\r\nok"[..],
+                b"HTTP/1.0 503 No\r\n\r\n",
+            ] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 256];
+                let _ = stream.read(&mut request).await;
+                stream.write_all(answer).await.unwrap();
+            }
+        });
+        assert!(answers(address).await);
+        assert!(!answers(address).await);
+    }
+}
