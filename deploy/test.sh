@@ -11,3 +11,5 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+echo "==> the bank scenario's web app (python3 -m unittest)"
+(cd deploy/bank-web && python3 -m unittest -q test_bank)
