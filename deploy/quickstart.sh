@@ -1,68 +1,45 @@
 #!/usr/bin/env bash
-# Builds Keelson and starts a local store member, then shows etcdctl using it.
-# Installs missing system packages first (as root).
+# The first command: installs what is missing, builds Keelson and the bank
+# scenario's images, starts a local HA cluster (three members, two nodes,
+# each in a network namespace of its own) with the scenario deployed, and
+# prints what to try. Run as root. Run again, it starts the profile again.
 #
-#   KEELSON_HOME   where the member keeps its data and log (default /var/lib/keelson-quickstart)
-#   KEELSON_PORT   client port (default 2379); metrics on KEELSON_PORT+2
+#   KEELSON_PROFILE   the local cluster's name (default kube-demo)
+#   KEELSON_NODES     nodes of a new profile (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-home=${KEELSON_HOME:-/var/lib/keelson-quickstart}
-port=${KEELSON_PORT:-2379}
-metrics_port=$((port + 2))
-endpoint=127.0.0.1:$port
+profile=${KEELSON_PROFILE:-kube-demo}
+nodes=${KEELSON_NODES:-2}
 
 ./deploy/install-deps.sh
 echo "==> building keelson (release)"
 cargo build --release --locked --quiet
 bin=$PWD/target/release/keelson
 
-mkdir -p "$home"
-if [[ -f $home/keelson.pid ]] && kill -0 "$(cat "$home/keelson.pid")" 2>/dev/null; then
-  echo "==> stopping the previous quickstart member"
-  kill "$(cat "$home/keelson.pid")"
-  while kill -0 "$(cat "$home/keelson.pid")" 2>/dev/null; do sleep 0.1; done
-fi
+echo "==> building the bank scenario's images (deploy/images/build.sh)"
+./deploy/images/build.sh target/bank-images
 
-echo "==> starting keelson server on $endpoint (data in $home/data)"
-nohup "$bin" server --name quickstart --data-dir "$home/data" \
-  --listen-client-urls "http://$endpoint" --advertise-client-urls "http://$endpoint" \
-  --listen-metrics-urls "http://127.0.0.1:$metrics_port" >"$home/keelson.log" 2>&1 &
-echo $! >"$home/keelson.pid"
+echo "==> keelson up --nodes $nodes -p $profile"
+"$bin" up --nodes "$nodes" -p "$profile"
 
-export ETCDCTL_API=3
-for _ in $(seq 100); do
-  etcdctl --endpoints "$endpoint" endpoint health >/dev/null 2>&1 && break
-  kill -0 "$(cat "$home/keelson.pid")" 2>/dev/null || { cat "$home/keelson.log" >&2; exit 1; }
-  sleep 0.1
-done
+echo "==> loading the images into every node"
+"$bin" image load target/bank-images/*.tar -p "$profile"
 
-echo "==> etcdctl against keelson"
-set -x
-etcdctl --endpoints "$endpoint" put greeting "hello from keelson"
-etcdctl --endpoints "$endpoint" get greeting
-etcdctl --endpoints "$endpoint" endpoint status -w table
-set +x
+echo "==> kubectl apply -f deploy"
+kubectl apply -f deploy
 
-kubeconfig=$home/data/admin.kubeconfig
-for _ in $(seq 100); do
-  [[ -f $kubeconfig ]] && break
-  sleep 0.1
-done
-if command -v kubectl >/dev/null; then
-  echo "==> kubectl against keelson"
-  set -x
-  KUBECONFIG=$kubeconfig kubectl get namespaces
-  set +x
-fi
 cat <<EOT
 
-Keelson is running (pid $(cat "$home/keelson.pid"), log $home/keelson.log).
-  etcdctl --endpoints $endpoint put foo bar
-  etcdctl --endpoints $endpoint watch --prefix foo
-  curl -s http://127.0.0.1:$metrics_port/metrics | grep ^etcd_
-  $bin bench store put range --endpoints $endpoint --total 5000
-  export KUBECONFIG=$kubeconfig
-  kubectl apply -f tests/manifests/ && kubectl get deployments,services
-Stop it with: kill \$(cat $home/keelson.pid)
+Keelson is running: profile $profile, kubectl's current context.
+  kubectl get nodes -o wide
+  $bin profile list
+  kubectl get deployment,statefulset,pods,services
+  kubectl describe deployment webserver-deployment
+  $bin tunnel -p $profile &            # the LoadBalancer's EXTERNAL-IP, reachable from here
+  kubectl get service webserver-service
+  $bin node stop $profile-m02 -p $profile   # a node failure; its pods move
+  $bin status -p $profile
+  $bin logs server-1 -p $profile
+Remove it all with: $bin delete -p $profile
 EOT

@@ -251,6 +251,9 @@ pub(crate) async fn status(profile: ProfileArg) -> anyhow::Result<()> {
             }
         }
         out.push(format!("address: {}", component.address));
+        if let Some(rss) = component.rss_bytes {
+            out.push(format!("memory: {:.1} MiB", rss as f64 / 1048576.0));
+        }
         out.push(String::new());
         if !component.running {
             down += 1;

@@ -5,117 +5,16 @@
 #[allow(dead_code, reason = "uses part of the shared harness")]
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::get_from_host;
+use common::profile::{IMAGE, Profile, ok};
 use common::wait_until;
 use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(90);
-const IMAGE: &str = "keelson.test/busybox:1";
-
-/// A profile under a home of its own, and a kubeconfig of its own.
-struct Profile {
-    home: tempfile::TempDir,
-    name: String,
-}
-
-impl Profile {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().expect("a home for the profile"),
-            name: format!("kt{}", std::process::id() % 10_000),
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.home.path().join("kubeconfig")
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.home.path().join(&self.name)
-    }
-
-    fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut command = Command::new(program);
-        command
-            .env("KEELSON_HOME", self.home.path())
-            .env("KUBECONFIG", self.kubeconfig())
-            .args(args);
-        command
-    }
-
-    fn keelson_command(&self, args: &[&str]) -> Command {
-        let mut command = self.command(env!("CARGO_BIN_EXE_keelson"), args);
-        command.args(["-p", &self.name]);
-        command
-    }
-
-    /// `keelson ARGS -p PROFILE`, which must succeed: its output.
-    fn keelson(&self, args: &[&str]) -> String {
-        ok(
-            &format!("keelson {args:?}"),
-            self.keelson_command(args).output(),
-        )
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        ok(
-            &format!("kubectl {args:?}"),
-            self.command("kubectl", &["--request-timeout=20s"])
-                .args(args)
-                .output(),
-        )
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Option<String> {
-        let output = self
-            .command("kubectl", &["--request-timeout=10s"])
-            .args(args)
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn apply(&self, manifest: &serde_json::Value) {
-        let file = self.home.path().join("manifest.json");
-        std::fs::write(&file, manifest.to_string()).expect("write the manifest");
-        self.kubectl(&["apply", "-f", file.to_str().expect("a UTF-8 path")]);
-    }
-
-    fn pid(&self, component: &str) -> i32 {
-        std::fs::read_to_string(self.dir().join("run").join(format!("{component}.pid")))
-            .expect("a pid file")
-            .trim()
-            .parse()
-            .expect("a pid")
-    }
-}
-
-impl Drop for Profile {
-    fn drop(&mut self) {
-        if self.dir().exists() {
-            let _ = self.keelson_command(&["delete"]).output();
-        }
-    }
-}
-
-fn ok(what: &str, output: std::io::Result<Output>) -> String {
-    let output = output.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Pods of the webserver Deployment that are Ready, with their nodes.
 fn ready_webservers(profile: &Profile) -> Vec<(String, String)> {

@@ -34,6 +34,7 @@ pub(crate) mod cluster;
 pub(crate) mod images;
 pub(crate) mod netns;
 pub(crate) mod nodes;
+pub(crate) mod profile;
 pub(crate) mod registry;
 
 /// Names the etcd binary to test against instead of Keelson.

@@ -121,6 +121,8 @@ pub struct ComponentStatus {
     pub running: bool,
     /// Nodes: whether the API says the Node is Ready (None: not known).
     pub ready: Option<bool>,
+    /// The process's resident memory, while it runs.
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +208,11 @@ impl Local {
         let taken: Vec<u8> = profiles().iter().map(|p| p.index).collect();
         let mut index = None;
         for candidate in 1..=net::MAX_PROFILES {
-            if !taken.contains(&candidate) && net::is_free(&Layout { index: candidate }).await? {
+            let layout = Layout { index: candidate };
+            if !taken.contains(&candidate)
+                && net::is_free(&layout).await?
+                && net::claim(&layout).await?
+            {
                 index = Some(candidate);
                 break;
             }
@@ -858,6 +864,7 @@ impl Local {
             let name = Self::member_name(i);
             all.push(ComponentStatus {
                 running: processes.pid(&name).is_some(),
+                rss_bytes: processes.pid(&name).and_then(process::rss_bytes),
                 name,
                 kind: Kind::Member,
                 address: format!("https://{}:{MEMBER_API_PORT}", layout.member_ip(i)),
@@ -870,6 +877,7 @@ impl Local {
             address: self.server_url(),
             running: processes.pid(ENDPOINT).is_some(),
             ready: None,
+            rss_bytes: processes.pid(ENDPOINT).and_then(process::rss_bytes),
         });
         let nodes = match self.admin_client() {
             Ok(client) => {
@@ -888,6 +896,7 @@ impl Local {
                 kind: Kind::Node,
                 address: layout.node_ip(node.slot).to_string(),
                 running: processes.pid(&node.name).is_some(),
+                rss_bytes: processes.pid(&node.name).and_then(process::rss_bytes),
                 ready: nodes.as_ref().map(|items| {
                     items
                         .iter()

@@ -167,14 +167,25 @@ async fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", name]).await.is_ok()
 }
 
-/// Makes the bridge and the host's safety routes.
+/// Takes `layout`'s index for a new profile by making its bridge: false
+/// when another made it first (the kernel decides, so two `keelson up`
+/// running at once never share one).
+pub async fn claim(layout: &Layout) -> Result<bool, LocalError> {
+    match run("ip", &["link", "add", &layout.bridge(), "type", "bridge"]).await {
+        Ok(_) => Ok(true),
+        Err(LocalError::Command { stderr, .. }) if stderr.contains("exists") => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes the bridge (unless there) and the host's safety routes.
 pub async fn create_bridge(layout: &Layout) -> Result<(), LocalError> {
     let bridge = layout.bridge();
     if !link_exists(&bridge).await {
         run("ip", &["link", "add", &bridge, "type", "bridge"]).await?;
-        let address = format!("{}/24", layout.host_ip());
-        run("ip", &["addr", "add", &address, "dev", &bridge]).await?;
     }
+    let address = format!("{}/24", layout.host_ip());
+    run("ip", &["addr", "replace", &address, "dev", &bridge]).await?;
     run("ip", &["link", "set", &bridge, "up"]).await?;
     for range in layout.blackholes() {
         run("ip", &["route", "replace", "blackhole", &range]).await?;
