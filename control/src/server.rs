@@ -261,8 +261,8 @@ pub async fn run(
         },
         shutdown.clone(),
     );
-    patiently(&shutdown, "system namespaces", || async {
-        api.ensure_system_namespaces().await.map_err(|e| {
+    patiently(&shutdown, "system objects", || async {
+        api.ensure_system_objects().await.map_err(|e| {
             ApiServerError::Store(StoreError::Request(tonic::Status::unavailable(e.message)))
         })
     })

@@ -189,6 +189,47 @@ fn pairs(v: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// A label selector as `kubectl` prints one (`FormatLabelSelector`):
+/// requirements sorted by key, `<none>` if there are none.
+fn label_selector(selector: &Value) -> String {
+    let mut requirements: Vec<(String, String)> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
+        .collect();
+    for e in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = text(&e["key"]);
+        let mut values: Vec<String> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        values.sort();
+        let values = values.join(",");
+        let requirement = match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({values})"),
+            "NotIn" => format!("{key} notin ({values})"),
+            "Exists" => key.clone(),
+            _ => format!("!{key}"),
+        };
+        requirements.push((key, requirement));
+    }
+    requirements.sort();
+    or_none(
+        requirements
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
 fn containers(template_spec: &Value, field: &str) -> String {
     template_spec["containers"]
         .as_array()
@@ -465,35 +506,49 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                         .any(|c| c["type"] == kind && c["status"] == "True")
                 })
             };
+            // kubectl 1.32's order: a terminal condition wins, then a
+            // pending deletion, then the interim conditions.
             let state = if condition("Complete") {
                 "Complete"
             } else if condition("Failed") {
                 "Failed"
-            } else if spec["suspend"] == json!(true) {
+            } else if o["metadata"]["deletionTimestamp"].is_string() {
+                "Terminating"
+            } else if condition("Suspended") {
                 "Suspended"
+            } else if condition("FailureTarget") {
+                "FailureTarget"
+            } else if condition("SuccessCriteriaMet") {
+                "SuccessCriteriaMet"
             } else {
                 "Running"
             };
-            let started = status["startTime"].as_str();
-            let duration = match (started, status["completionTime"].as_str()) {
-                (Some(start), Some(end)) => {
-                    human_age(age_seconds(Some(start)) - age_seconds(Some(end)))
-                }
-                (Some(start), None) => human_age(age_seconds(Some(start))),
+            let time = |v: &Value| {
+                v.as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            };
+            let duration = match (time(&status["startTime"]), time(&status["completionTime"])) {
+                (Some(start), Some(end)) => human_age((end - start).num_seconds()),
+                (Some(_), None) => human_age(age_seconds(status["startTime"].as_str())),
                 _ => String::new(),
+            };
+            let succeeded = int(&status["succeeded"]);
+            let completions = match spec["completions"].as_i64() {
+                Some(completions) => format!("{succeeded}/{completions}"),
+                // A work queue: done after one success, `parallelism` at once.
+                None => match spec["parallelism"].as_i64().unwrap_or(0) {
+                    p if p > 1 => format!("{succeeded}/1 of {p}"),
+                    _ => format!("{succeeded}/1"),
+                },
             };
             vec![
                 json!(state),
-                json!(format!(
-                    "{}/{}",
-                    int(&status["succeeded"]),
-                    spec["completions"].as_i64().unwrap_or(1)
-                )),
+                json!(completions),
                 json!(duration),
                 json!(age(o)),
                 json!(containers(&spec["template"]["spec"], "name")),
                 json!(containers(&spec["template"]["spec"], "image")),
-                json!(pairs(&spec["selector"]["matchLabels"])),
+                json!(label_selector(&spec["selector"])),
             ]
         }
         "DaemonSet" => vec![
@@ -617,7 +672,17 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
 fn row(kind: &str, object: &Value) -> Value {
     // Every kind's first column is its name, but an Event's.
     let mut row_cells = if columns(kind).first() == Some(&NAME) {
-        vec![json!(object["metadata"]["name"])]
+        let name = &object["metadata"]["name"];
+        // kubectl marks the default StorageClass in its name, as Kubernetes'
+        // printer does.
+        let default = kind == "StorageClass"
+            && object["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                == "true";
+        if default {
+            vec![json!(format!("{} (default)", text(name)))]
+        } else {
+            vec![json!(name)]
+        }
     } else {
         Vec::new()
     };
@@ -663,6 +728,54 @@ pub fn table(kind: &str, objects: &[Value], resource_version: &str, next: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_print_as_kubectl_prints_them() {
+        let cells = |job: Value| {
+            let t = table("Job", &[job], "1", None);
+            t["rows"][0]["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let done = cells(json!({"metadata": {"name": "pi"},
+            "spec": {"completions": 5, "parallelism": 2,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}},
+                "template": {"spec": {"containers": [{"name": "pi", "image": "perl"}]}}},
+            "status": {"succeeded": 5, "startTime": "2024-01-01T00:00:00Z", "completionTime": "2024-01-01T00:02:05Z",
+                "conditions": [{"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]}}));
+        assert_eq!(&done[1..4], ["Complete", "5/5", "2m5s"]);
+        assert_eq!(
+            &done[5..],
+            ["pi", "perl", "batch.kubernetes.io/controller-uid=u1"]
+        );
+        let queue = cells(json!({"metadata": {"name": "q"}, "spec": {"parallelism": 3}}));
+        assert_eq!(&queue[1..4], ["Running", "0/1 of 3", ""]);
+        assert_eq!(queue[7], "<none>");
+        let one = cells(
+            json!({"metadata": {"name": "q"}, "spec": {"parallelism": 1},
+            "status": {"conditions": [{"type": "Suspended", "status": "True"}]}}),
+        );
+        assert_eq!(&one[1..3], ["Suspended", "0/1"]);
+        let failing = cells(
+            json!({"metadata": {"name": "f", "deletionTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"completions": 1},
+            "status": {"conditions": [{"type": "FailureTarget", "status": "True"}]}}),
+        );
+        assert_eq!(failing[1], "Terminating");
+        let failed = cells(
+            json!({"metadata": {"name": "f"}, "spec": {"completions": 1},
+            "status": {"conditions": [{"type": "FailureTarget", "status": "True"}, {"type": "Failed", "status": "True"}]}}),
+        );
+        assert_eq!(failed[1], "Failed");
+        assert_eq!(
+            label_selector(&json!({"matchLabels": {"b": "2", "a": "1"},
+                "matchExpressions": [{"key": "c", "operator": "In", "values": ["y", "x"]}, {"key": "a0", "operator": "DoesNotExist"}]})),
+            "a=1,!a0,b=2,c in (x,y)"
+        );
+    }
 
     #[test]
     fn every_row_has_a_cell_per_column() {

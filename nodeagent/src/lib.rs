@@ -31,6 +31,7 @@ pub mod runtime;
 pub mod server;
 pub mod shim;
 pub mod stats;
+pub mod storage;
 pub mod volumes;
 
 pub use node::{NetworkConfig, NodeConfig};
@@ -205,6 +206,14 @@ pub async fn run<R: Runtime>(
     }
     if !runtime.runs_processes() {
         volumes = volumes.hollow();
+    } else {
+        tasks.spawn(storage::run(
+            client.clone(),
+            config.name.clone(),
+            data_dir.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ));
     }
     let workers = pods::PodWorkers::new(
         client.clone(),

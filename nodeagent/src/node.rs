@@ -321,10 +321,18 @@ pub fn node_object(config: &NodeConfig, machine: &Machine, runtime_version: &str
     labels.insert("kubernetes.io/arch".into(), architecture().into());
     labels.insert("beta.kubernetes.io/os".into(), "linux".into());
     labels.insert("beta.kubernetes.io/arch".into(), architecture().into());
+    // Where the local-path provisioner puts this node's volumes.
+    let annotations = config.data_dir.as_ref().map(|dir| {
+        BTreeMap::from([(
+            keelson_control::controllers::volume::LOCAL_PATH_DIR.to_owned(),
+            crate::storage::dir(dir).to_string_lossy().into_owned(),
+        )])
+    });
     Node {
         metadata: ObjectMeta {
             name: Some(config.name.clone()),
             labels: Some(labels),
+            annotations,
             ..ObjectMeta::default()
         },
         spec: Some(NodeSpec::default()),
@@ -375,7 +383,8 @@ pub async fn register(client: &Client, node: &Node) -> Result<Node, ClientError>
         Ok(created) => Ok(created),
         Err(error) if error.is_already_exists() => {
             let name = node.metadata.name.clone().unwrap_or_default();
-            let labels = json!({"metadata": {"labels": node.metadata.labels}});
+            let labels = json!({"metadata": {"labels": node.metadata.labels,
+                "annotations": node.metadata.annotations}});
             client
                 .patch::<Node>(None, &name, None, Patch::Merge, &labels)
                 .await?;

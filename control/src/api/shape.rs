@@ -32,6 +32,10 @@ pub(super) fn defaults_on_create(resource: &Resource, object: &mut Value) {
         "services" => {
             object["status"] = json!({"loadBalancer": {}});
         }
+        // Until the binder says otherwise, as Kubernetes' strategies set it.
+        "persistentvolumeclaims" | "persistentvolumes" => {
+            object["status"] = json!({"phase": "Pending"});
+        }
         _ => {}
     }
 }

@@ -17,8 +17,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::storage::v1::StorageClass;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +42,7 @@ pub mod node;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+pub mod volume;
 
 /// The Lease whose holder runs the controllers.
 pub const LEASE_NAME: &str = "keelson-controller-manager";
@@ -126,12 +131,25 @@ pub async fn run_controllers(
         let services = Informer::<Service>::default();
         let endpoints = Informer::<Endpoints>::default();
         let slices = Informer::<EndpointSlice>::default();
+        let claims = Informer::<PersistentVolumeClaim>::default();
+        let volumes = Informer::<PersistentVolume>::default();
+        let classes = Informer::<StorageClass>::default();
 
         let scheduler = Scheduler::new(
             client.clone(),
             &pods,
             &nodes,
             recorder("default-scheduler"),
+            shutdown.clone(),
+        )
+        .with_storage(&claims, &volumes, &classes);
+        let binder = volume::VolumeController::new(
+            client.clone(),
+            &claims,
+            &volumes,
+            &classes,
+            &nodes,
+            recorder("persistentvolume-controller"),
             shutdown.clone(),
         );
         let replicaset = replicaset::ReplicaSetController::new(
@@ -200,6 +218,10 @@ pub async fn run_controllers(
         tasks.spawn(services.run(client.clone(), shutdown.clone()));
         tasks.spawn(endpoints.run(client.clone(), shutdown.clone()));
         tasks.spawn(slices.run(client.clone(), shutdown.clone()));
+        tasks.spawn(claims.run(client.clone(), shutdown.clone()));
+        tasks.spawn(volumes.run(client.clone(), shutdown.clone()));
+        tasks.spawn(classes.run(client.clone(), shutdown.clone()));
+        tasks.spawn(binder.run(2, shutdown.clone()));
         tasks.spawn(scheduler.run(shutdown.clone()));
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));

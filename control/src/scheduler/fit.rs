@@ -240,6 +240,7 @@ pub enum Unfit {
     Ports,
     Insufficient(&'static str),
     TooManyPods,
+    VolumeNodeAffinity,
 }
 
 impl fmt::Display for Unfit {
@@ -256,6 +257,7 @@ impl fmt::Display for Unfit {
             }
             Self::Insufficient(resource) => write!(f, "Insufficient {resource}"),
             Self::TooManyPods => f.write_str("Too many pods"),
+            Self::VolumeNodeAffinity => f.write_str("node(s) had volume node affinity conflict"),
         }
     }
 }

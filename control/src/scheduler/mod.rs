@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::{Action, Event, Informer, Queue, key_of, split_key};
 
 pub mod fit;
+pub mod volumes;
 
 use fit::{NodeInfo, PodInfo};
 
@@ -150,6 +152,8 @@ pub struct Scheduler {
     binding: Arc<Semaphore>,
     /// Rotates among equally good nodes.
     ties: Arc<AtomicUsize>,
+    /// Claims, volumes and classes, for pods with PersistentVolumeClaims.
+    storage: Option<volumes::Storage>,
 }
 
 impl Scheduler {
@@ -170,12 +174,39 @@ impl Scheduler {
             recorder,
             binding: Arc::new(Semaphore::new(MAX_BINDING)),
             ties: Arc::new(AtomicUsize::new(0)),
+            storage: None,
         };
         let s = scheduler.clone();
         pods.on_event(move |event| s.pod_changed(event));
         let s = scheduler.clone();
         nodes.on_event(move |event| s.node_changed(event));
         scheduler
+    }
+
+    /// Reads pods' claims from these caches: a pod goes only where its
+    /// bound volumes can be, and a claim waiting for its first consumer is
+    /// given the chosen node.
+    pub fn with_storage(
+        mut self,
+        claims: &Informer<PersistentVolumeClaim>,
+        volumes: &Informer<PersistentVolume>,
+        classes: &Informer<StorageClass>,
+    ) -> Self {
+        self.storage = Some(volumes::Storage {
+            claims: claims.clone(),
+            volumes: volumes.clone(),
+            classes: classes.clone(),
+        });
+        // A claim made or bound may let a waiting pod in.
+        let s = self.clone();
+        claims.on_event(move |event| {
+            if !matches!(event, Event::Deleted(_)) {
+                s.retry_unschedulable();
+            }
+        });
+        let s = self.clone();
+        volumes.on_event(move |_| s.retry_unschedulable());
+        self
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -254,6 +285,13 @@ impl Scheduler {
         if !self.pods.wait_synced(&shutdown).await || !self.nodes.wait_synced(&shutdown).await {
             return;
         }
+        if let Some(storage) = &self.storage
+            && (!storage.claims.wait_synced(&shutdown).await
+                || !storage.volumes.wait_synced(&shutdown).await
+                || !storage.classes.wait_synced(&shutdown).await)
+        {
+            return;
+        }
         // Pods no node fitted are looked at again now and then even if
         // nothing the scheduler watches changed.
         let flusher = {
@@ -286,11 +324,18 @@ impl Scheduler {
         }
         let started = Instant::now();
         let info = PodInfo::of(&pod);
-        let decision = self.decide(&pod, &info);
+        let needs = match &self.storage {
+            Some(storage) => storage.needs(&pod).map_err(|reason| {
+                let nodes = self.cache().order.len();
+                format!("0/{nodes} nodes are available: {reason}.")
+            }),
+            None => Ok(volumes::Needs::default()),
+        };
+        let decision = needs.and_then(|needs| self.decide(&pod, &info, &needs).map(|n| (n, needs)));
         let result = match decision {
-            Ok(node) => {
+            Ok((node, needs)) => {
                 self.cache().place(key.to_owned(), &node, info, true);
-                self.bind(pod, node);
+                self.bind(pod, node, needs.to_select);
                 "scheduled"
             }
             Err(message) => {
@@ -310,7 +355,7 @@ impl Scheduler {
     /// large cluster the search stops once enough nodes fit
     /// ([`fit::nodes_to_find`]), starting where the last one stopped, as
     /// Kubernetes' scheduler does.
-    fn decide(&self, pod: &Pod, info: &PodInfo) -> Result<String, String> {
+    fn decide(&self, pod: &Pod, info: &PodInfo, needs: &volumes::Needs) -> Result<String, String> {
         let mut guard = self.cache();
         let cache = &mut *guard;
         let total = cache.order.len();
@@ -337,7 +382,10 @@ impl Scheduler {
                 continue;
             };
             searched = i + 1;
-            let unfit = fit::filter(pod, info, node);
+            let mut unfit = fit::filter(pod, info, node);
+            if unfit.is_empty() && !needs.admit(&node.node) {
+                unfit.push(fit::Unfit::VolumeNodeAffinity);
+            }
             if unfit.is_empty() {
                 feasible.push(node);
                 if feasible.len() >= want {
@@ -371,7 +419,7 @@ impl Scheduler {
         Ok(chosen)
     }
 
-    fn bind(&self, pod: Arc<Pod>, node: String) {
+    fn bind(&self, pod: Arc<Pod>, node: String, claims: Vec<String>) {
         let this = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = this.binding.clone().acquire_owned().await else {
@@ -380,7 +428,32 @@ impl Scheduler {
             let key = key_of(&pod.metadata);
             let (namespace, name) = split_key(&key);
             let namespace = namespace.unwrap_or("default");
-            match this.client.bind(namespace, name, &node).await {
+            // Claims waiting for their first consumer learn the node first
+            // (the binder provisions there); the pod's agent waits for them
+            // to be bound before it starts the pod.
+            let mut selected = Ok(());
+            for claim in &claims {
+                let patch = json!({"metadata": {"annotations": {volumes::SELECTED_NODE: node}}});
+                if let Err(error) = this
+                    .client
+                    .patch::<PersistentVolumeClaim>(
+                        Some(namespace),
+                        claim,
+                        None,
+                        Patch::Merge,
+                        &patch,
+                    )
+                    .await
+                {
+                    selected = Err(error);
+                    break;
+                }
+            }
+            let bound = match selected {
+                Ok(()) => this.client.bind(namespace, name, &node).await,
+                Err(error) => Err(error),
+            };
+            match bound {
                 Ok(()) => {
                     this.recorder.record(
                         pod.as_ref(),
