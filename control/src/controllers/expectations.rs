@@ -63,6 +63,19 @@ impl Expectations {
         );
     }
 
+    /// Expects `adds` creations and the deletion of `pods` at once (a
+    /// controller that does both in one reconcile).
+    pub fn expect(&self, key: &str, adds: usize, pods: impl IntoIterator<Item = String>) {
+        self.lock().insert(
+            key.to_owned(),
+            Expected {
+                adds: adds as i64,
+                deletes: pods.into_iter().collect(),
+                at: Instant::now(),
+            },
+        );
+    }
+
     /// One expected pod appeared (or its creation failed).
     pub fn creation_observed(&self, key: &str) {
         if let Some(e) = self.lock().get_mut(key) {

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
@@ -42,6 +42,7 @@ pub mod node;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+pub mod statefulset;
 pub mod volume;
 
 /// The Lease whose holder runs the controllers.
@@ -125,6 +126,8 @@ pub async fn run_controllers(
         let nodes = Informer::<Node>::default();
         let replicasets = Informer::<ReplicaSet>::default();
         let deployments = Informer::<Deployment>::default();
+        let statefulsets = Informer::<StatefulSet>::default();
+        let revisions = Informer::<ControllerRevision>::default();
         let leases = Informer::<Lease>::default();
         let namespaces = Informer::<Namespace>::default();
         let accounts = Informer::<ServiceAccount>::default();
@@ -168,6 +171,15 @@ pub async fn run_controllers(
             shutdown.clone(),
         );
 
+        let statefulset = statefulset::StatefulSetController::new(
+            client.clone(),
+            &statefulsets,
+            &pods,
+            &revisions,
+            &claims,
+            recorder("statefulset-controller"),
+            shutdown.clone(),
+        );
         let gc = gc::GarbageCollector::new(client.clone(), shutdown.clone());
         let lifecycle = node::NodeLifecycle::new(
             client.clone(),
@@ -212,6 +224,8 @@ pub async fn run_controllers(
         tasks.spawn(nodes.run(client.clone(), shutdown.clone()));
         tasks.spawn(replicasets.run(client.clone(), shutdown.clone()));
         tasks.spawn(deployments.run(client.clone(), shutdown.clone()));
+        tasks.spawn(statefulsets.run(client.clone(), shutdown.clone()));
+        tasks.spawn(revisions.run(client.clone(), shutdown.clone()));
         tasks.spawn(leases.run(client.clone(), shutdown.clone()));
         tasks.spawn(namespaces.run(client.clone(), shutdown.clone()));
         tasks.spawn(accounts.run(client.clone(), shutdown.clone()));
@@ -225,6 +239,7 @@ pub async fn run_controllers(
         tasks.spawn(scheduler.run(shutdown.clone()));
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));
+        tasks.spawn(statefulset.run(5, shutdown.clone()));
         tasks.spawn(gc.run(5, shutdown.clone()));
         tasks.spawn(lifecycle.run(shutdown.clone()));
         tasks.spawn(podgc.run(shutdown.clone()));
