@@ -222,9 +222,62 @@ fn state(running: bool) -> &'static str {
     if running { "Running" } else { "Stopped" }
 }
 
-pub(crate) async fn status(profile: ProfileArg) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    profile: ProfileArg,
+    /// `json`: every component with its state, memory and metrics URLs
+    /// (Prometheus' scrape targets).
+    #[arg(short, long, value_parser = ["text", "json"], default_value = "text")]
+    output: String,
+}
+
+/// The status as JSON: what a scrape configuration is generated from.
+fn status_json(local: &Local, all: &[local::ComponentStatus]) -> serde_json::Value {
+    let pki = local.dir.join("pki");
+    let components: Vec<serde_json::Value> = all
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "kind": match c.kind {
+                    Kind::Member => "member",
+                    Kind::Endpoint => "endpoint",
+                    Kind::Node => "node",
+                },
+                "address": c.address,
+                "running": c.running,
+                "ready": c.ready,
+                "rssBytes": c.rss_bytes,
+                "metrics": c.metrics,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "profile": local.profile.name,
+        "server": local.server_url(),
+        "version": local.profile.version,
+        "tls": {
+            "caFile": pki.join("ca.crt"),
+            "certFile": pki.join("admin.crt"),
+            "keyFile": pki.join("admin.key"),
+        },
+        "components": components,
+    })
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let profile = args.profile;
     let local = open(&profile.profile)?;
     let all = local.status().await;
+    if args.output == "json" {
+        let text = serde_json::to_string_pretty(&status_json(&local, &all))?;
+        emit(&[text]);
+        if all.iter().any(|c| !c.running) {
+            std::process::exit(7);
+        }
+        return Ok(());
+    }
     let mut out: Vec<String> = Vec::new();
     let mut down = 0;
     for component in &all {

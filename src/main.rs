@@ -68,7 +68,7 @@ enum Command {
     /// their own, kubectl configured (starts an existing profile again).
     Up(Box<local::UpArgs>),
     /// What each component of a local cluster is doing.
-    Status(local::ProfileArg),
+    Status(local::StatusArgs),
     /// Local clusters.
     #[command(subcommand)]
     Profile(local::ProfileCommand),

@@ -43,6 +43,8 @@ const MEMBER_API_PORT: u16 = 6443;
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
 const METRICS_PORT: u16 = 2381;
+/// The agents' HTTPS endpoint (the kubelet's port).
+const AGENT_PORT: u16 = 10250;
 /// The component name of the endpoint process.
 pub const ENDPOINT: &str = "endpoint";
 
@@ -123,6 +125,9 @@ pub struct ComponentStatus {
     pub ready: Option<bool>,
     /// The process's resident memory, while it runs.
     pub rss_bytes: Option<u64>,
+    /// Where its Prometheus metrics are (the HTTPS ones need a client
+    /// certificate of the cluster CA: the profile's `pki/admin.crt`).
+    pub metrics: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -743,9 +748,18 @@ impl Local {
     /// Stops everything (agents first, then members and the endpoint) and
     /// removes the network; the data stays.
     pub async fn stop(&self, progress: &mut dyn FnMut(&str)) -> Result<(), LocalError> {
+        // Everything is attempted even when a step fails: a half-stopped
+        // profile is worse than one reported failure.
+        let mut first_error = None;
+        let mut keep = |result: Result<(), LocalError>| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "stopping the profile");
+                first_error.get_or_insert(error);
+            }
+        };
         for node in &self.profile.nodes {
             progress(&format!("Stopping node {}", node.name));
-            self.stop_node_entry(node).await?;
+            keep(self.stop_node_entry(node).await);
         }
         let processes = self.processes();
         progress("Stopping the control plane");
@@ -757,23 +771,29 @@ impl Local {
         processes.stop(ENDPOINT, Duration::from_secs(5)).await;
         let layout = self.layout();
         for i in 1..=self.profile.servers {
-            net::detach(&layout, &self.member_port(i)).await?;
+            keep(net::detach(&layout, &self.member_port(i)).await);
         }
-        net::remove_bridge(&layout).await
+        keep(net::remove_bridge(&layout).await);
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops the profile and removes everything it made: processes,
     /// mounts, namespaces, interfaces, routes, data, and its kubeconfig
-    /// context.
+    /// context. Every step is attempted; the first failure is reported.
     pub async fn delete(self, progress: &mut dyn FnMut(&str)) -> Result<(), LocalError> {
-        self.stop(progress).await?;
+        let stopped = self.stop(progress).await;
         progress("Removing what is left");
         Processes::kill_under(&self.dir).await;
         unmount_under(&self.dir).await;
+        let mut first_error = stopped.err();
         for netns in net::namespaces_named(&format!("keelson-{}-", self.profile.name)).await {
-            command::run("ip", &["netns", "del", &netns]).await?;
+            if let Err(error) = command::run("ip", &["netns", "del", &netns]).await {
+                first_error.get_or_insert(error);
+            }
         }
-        net::remove_bridge(&self.layout()).await?;
+        if let Err(error) = net::remove_bridge(&self.layout()).await {
+            first_error.get_or_insert(error);
+        }
         // The pods' cgroup parent, in every hierarchy, once no agent on
         // this machine has pods in it (removing a cgroup that is not empty
         // fails, and is left alone).
@@ -787,8 +807,12 @@ impl Local {
         if let Err(error) = kubeconfig::remove(&self.profile.name).await {
             tracing::warn!(%error, "could not remove the kubeconfig context");
         }
-        std::fs::remove_dir_all(&self.dir)
+        if let Err(error) = std::fs::remove_dir_all(&self.dir)
             .map_err(io(format!("cannot remove {}", self.dir.display())))
+        {
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Adds a node (named as minikube names them: PROFILE-m02, …) and
@@ -869,6 +893,10 @@ impl Local {
                 kind: Kind::Member,
                 address: format!("https://{}:{MEMBER_API_PORT}", layout.member_ip(i)),
                 ready: None,
+                metrics: vec![
+                    format!("http://{}:{METRICS_PORT}/metrics", layout.member_ip(i)),
+                    format!("https://{}:{MEMBER_API_PORT}/metrics", layout.member_ip(i)),
+                ],
             });
         }
         all.push(ComponentStatus {
@@ -878,6 +906,7 @@ impl Local {
             running: processes.pid(ENDPOINT).is_some(),
             ready: None,
             rss_bytes: processes.pid(ENDPOINT).and_then(process::rss_bytes),
+            metrics: Vec::new(),
         });
         let nodes = match self.admin_client() {
             Ok(client) => {
@@ -897,6 +926,13 @@ impl Local {
                 address: layout.node_ip(node.slot).to_string(),
                 running: processes.pid(&node.name).is_some(),
                 rss_bytes: processes.pid(&node.name).and_then(process::rss_bytes),
+                metrics: vec![
+                    format!("https://{}:{AGENT_PORT}/metrics", layout.node_ip(node.slot)),
+                    format!(
+                        "https://{}:{AGENT_PORT}/metrics/resource",
+                        layout.node_ip(node.slot)
+                    ),
+                ],
                 ready: nodes.as_ref().map(|items| {
                     items
                         .iter()

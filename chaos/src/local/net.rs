@@ -241,8 +241,15 @@ pub async fn detach(layout: &Layout, port: &Port) -> Result<(), LocalError> {
         run("ip", &["netns", "del", &port.netns]).await?;
     }
     let veth = layout.veth(&port.short);
+    // Deleting the namespace takes the pair down with it, asynchronously:
+    // the host's end may vanish between the look and the delete.
     if link_exists(&veth).await {
-        run("ip", &["link", "del", &veth]).await?;
+        match run("ip", &["link", "del", &veth]).await {
+            Err(LocalError::Command { stderr, .. }) if stderr.contains("Cannot find device") => {}
+            other => {
+                other?;
+            }
+        }
     }
     Ok(())
 }
