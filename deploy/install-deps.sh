@@ -11,6 +11,9 @@
 #           docker-registry (the CNCF distribution registry: the image pull
 #           tests push to and pull from one on loopback) and apache2-utils
 #           (htpasswd, for the bcrypt password of its authenticated variant),
+#           prometheus (promtool and the server: tests/prometheus.rs lints
+#           every /metrics and scrapes a local cluster with deploy/prometheus/)
+#           and jq (deploy/prometheus/targets.sh reads `keelson status -o json`),
 #   run:    iptables (the service proxy's rules) and
 #           containernetworking-plugins (bridge, host-local, loopback,
 #           portmap: the pods' interfaces)
@@ -18,7 +21,7 @@
 #           (/var/cache/keelson/python), the official Kubernetes Python client
 set -euo pipefail
 
-packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static docker-registry apache2-utils iptables containernetworking-plugins)
+packages=(gcc g++ make pkg-config librocksdb-dev libclang-dev libseccomp-dev etcd-client etcd-server protobuf-compiler curl python3-venv busybox-static docker-registry apache2-utils prometheus jq iptables containernetworking-plugins)
 python_env=${KEELSON_PYTHON_ENV:-/var/cache/keelson/python}
 # The Python client of the Kubernetes version kubectl speaks (1.32).
 python_client=kubernetes==32.0.1
@@ -64,6 +67,10 @@ fi
 # start their own, each on a port of its choosing.
 if systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# And Debian's prometheus starts a server on :9090; the tests start their own.
+if systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 echo "==> system packages: done"
 install_python_client

@@ -228,6 +228,8 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         )?
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &operations)?
         .set_buckets_for_metric(Matcher::Prefix("workqueue_".into()), &queue)?
+        // Every other distribution a histogram too, as the kubelet's are.
+        .set_buckets(&operations)?
         .install_recorder()
         .context("cannot install the metrics recorder")
 }
@@ -356,11 +358,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             )
         })?;
     let metrics = install_metrics()?;
+    keelson_nodeagent::metrics::describe();
+    keelson_netagent::proxy::describe_metrics();
     let endpoint = keelson_nodeagent::Endpoint {
         listener,
         ca_pem: kubeconfig.ca_pem.clone(),
         certificate,
-        metrics: Some(Arc::new(move || metrics.render())),
+        // The kubelet's and kube-proxy's families, one process here.
+        metrics: Some(Arc::new(move || {
+            keelson_raftstore::metrics::exposition(&metrics.render(), |_| true)
+        })),
     };
     let max_size = keelson_control::quantity::value(&args.container_log_max_size)
         .filter(|n| *n > 0)

@@ -144,6 +144,12 @@ pub(crate) struct ServerArgs {
     /// comma-separated.
     #[arg(long, env = "KEELSON_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// How often each HorizontalPodAutoscaler is looked at.
+    #[arg(long, env = "KEELSON_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// The scale-down stabilization window of autoscalers that set none.
+    #[arg(long, env = "KEELSON_HPA_DOWNSCALE_STABILIZATION", default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
     /// Seconds a pod tolerates its node being not ready, unless it says.
     #[arg(
         long,
@@ -219,6 +225,14 @@ impl ServerArgs {
         }
         config.node.node_cidr_mask = self.node_cidr_mask_size;
         config.terminated_pod_gc_threshold = self.terminated_pod_gc_threshold;
+        anyhow::ensure!(
+            !self.horizontal_pod_autoscaler_sync_period.is_zero(),
+            "--horizontal-pod-autoscaler-sync-period must be longer than 0s"
+        );
+        config.hpa = keelson_control::controllers::hpa::HpaConfig {
+            sync_period: self.horizontal_pod_autoscaler_sync_period,
+            downscale_stabilization: self.horizontal_pod_autoscaler_downscale_stabilization,
+        };
         config.load_balancer_pool = match &self.load_balancer_ip_range {
             Some(range) => Some(
                 keelson_control::controllers::loadbalancer::Pool::parse(range).with_context(
@@ -381,8 +395,21 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full("scheduler_scheduling_attempt_duration_seconds".into()),
             &scheduling,
         )?
+        // Every other distribution a histogram too (Kubernetes' are), never
+        // a summary, whose quantiles cannot be aggregated across members.
+        .set_buckets(&rpc)?
         .install_recorder()
         .context("cannot install the metrics recorder")
+}
+
+/// The API server's `/metrics`: the process's families but the store's,
+/// which the member serves on its metrics port, as etcd does.
+fn api_metrics(handle: PrometheusHandle) -> keelson_control::api::MetricsRender {
+    keelson_control::api::MetricsRender(std::sync::Arc::new(move || {
+        keelson_raftstore::metrics::exposition(&handle.render(), |name| {
+            !keelson_raftstore::metrics::is_store_family(name)
+        })
+    }))
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -398,9 +425,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             bail!("--etcd-servers runs only the Kubernetes API: give it a --listen-api-url");
         };
         let handle = install_metrics()?;
-        api_config.metrics = Some(keelson_control::api::MetricsRender(std::sync::Arc::new(
-            move || handle.render(),
-        )));
+        api_config.metrics = Some(api_metrics(handle));
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         return run_api(api, api_config, shutdown).await;
@@ -465,10 +490,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ..MemberConfig::default()
     };
     let handle = install_metrics()?;
-    let render = handle.clone();
-    api_config.metrics = Some(keelson_control::api::MetricsRender(std::sync::Arc::new(
-        move || render.render(),
-    )));
+    api_config.metrics = Some(api_metrics(handle.clone()));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let member = async {

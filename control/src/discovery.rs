@@ -43,9 +43,20 @@ fn group_entry(name: &str, versions: &[&str]) -> Value {
     })
 }
 
+/// The resource metrics group, served from the agents' figures rather than
+/// stored.
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+
+/// Every group with its versions, the stored ones and the metrics group.
+fn all_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups = resources::groups();
+    groups.push((METRICS_GROUP, vec!["v1beta1"]));
+    groups
+}
+
 /// `GET /apis`.
 pub fn groups() -> Value {
-    let groups: Vec<Value> = resources::groups()
+    let groups: Vec<Value> = all_groups()
         .iter()
         .map(|(name, versions)| group_entry(name, versions))
         .collect();
@@ -54,7 +65,7 @@ pub fn groups() -> Value {
 
 /// `GET /apis/GROUP`, if the group exists.
 pub fn group(name: &str) -> Option<Value> {
-    resources::groups()
+    all_groups()
         .into_iter()
         .find(|(g, _)| *g == name)
         .map(|(g, versions)| {
@@ -89,6 +100,17 @@ fn subresource_verbs(subresource: &str) -> &'static [&'static str] {
 
 /// `GET /api/v1` or `/apis/GROUP/VERSION`, if that group version exists.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (METRICS_GROUP, "v1beta1") {
+        return Some(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "metrics.k8s.io/v1beta1",
+            "resources": [
+                {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
+                {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]},
+            ],
+        }));
+    }
     let mut entries = Vec::new();
     for r in resources::of(group, version) {
         let mut entry = json!({

@@ -20,6 +20,7 @@
 //! - [`secrets`]: Secrets encrypted at rest (AES-256-GCM).
 //! - [`join`]: the join token, and certificates for agents and members that present it.
 //! - [`pki`]: the cluster CA and the certificates it issues.
+//! - [`metrics`]: the help text of the metrics the control plane records.
 
 pub mod allocate;
 pub mod api;
@@ -30,6 +31,7 @@ pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod join;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -200,6 +200,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    crate::metrics::describe();
     let address = reachable(listener.local_addr().map_err(ApiServerError::Listener)?);
     let store = Store::connect(&config.store_endpoints)?;
     // The key that seals Secrets seals the CA's key too.
@@ -269,6 +270,7 @@ pub async fn run(
     .await?;
 
     tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
+    tokio::spawn(api.clone().scrape_resource_metrics());
     let controllers = config.controllers.clone().map(|controllers| {
         let client = crate::client::Client::in_process(api.clone());
         tokio::spawn(crate::controllers::run(

@@ -104,6 +104,23 @@ impl ApiError {
         .about(resource, name)
     }
 
+    /// A `404` for an object of a group Keelson serves without storing it
+    /// (`podmetrics.metrics.k8s.io "web" not found`).
+    pub fn not_found_in(group: &str, kind: &str, name: &str) -> Self {
+        let mut error = Self::new(
+            404,
+            "NotFound",
+            format!("{kind}.{group} \"{name}\" not found"),
+        );
+        error.details = Some(Box::new(Details {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            causes: Vec::new(),
+        }));
+        error
+    }
+
     /// A path that names no resource.
     pub fn no_such_path() -> Self {
         Self::new(

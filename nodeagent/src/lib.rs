@@ -13,6 +13,7 @@
 //! - [`pods`]: pure planning (`plan`) and status (`status`), and the workers.
 //! - [`node`]: the Node object and the heartbeat.
 //! - [`images`]: the node's content-addressed image store and tarball import.
+//! - [`metrics`]: the help text of the metrics the agent records.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod routes;

@@ -4,7 +4,11 @@
 //! - `etcd_disk_backend_commit_duration_seconds`, recorded on each synced write;
 //! - gRPC counters and latencies with go-grpc-prometheus's names
 //!   (`grpc_server_started_total`, `grpc_server_handled_total`,
-//!   `grpc_server_handling_seconds`), recorded by [`GrpcMetricsLayer`].
+//!   `grpc_server_handling_seconds`), recorded by [`GrpcMetricsLayer`];
+//! - [`exposition`]: what each `/metrics` endpoint serves of the process's
+//!   registry — the store's families on the store's port
+//!   ([`is_store_family`]), the rest on the API server's, as etcd and
+//!   kube-apiserver serve them apart.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -194,5 +198,143 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// Whether a metric family is the store's, served on its metrics port (etcd's
+/// `:2381/metrics`) rather than by the API server living in the same
+/// process. `etcd_request_duration_seconds` is the API server's: Kubernetes
+/// names its storage client's latency so.
+pub fn is_store_family(name: &str) -> bool {
+    (name.starts_with("etcd_") && !name.starts_with("etcd_request_"))
+        || name.starts_with("grpc_server_")
+        || name.starts_with("keelson_raft_")
+}
+
+/// The families of the exposition `text` that `keep` accepts, by name.
+///
+/// Gauges that etcd and Kubernetes named with a `_total` suffix
+/// (`etcd_debugging_mvcc_keys_total`, `etcd_debugging_mvcc_watcher_total`,
+/// `kubeproxy_sync_proxy_rules_iptables_total`, …) keep their names, so
+/// existing dashboards find them, and are typed `untyped`: Prometheus stores
+/// them just the same, and `promtool check metrics` accepts `_total` only
+/// on counters and untyped series.
+pub fn exposition(text: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    // The family the lines belong to, and whether it is kept.
+    let mut family = String::new();
+    let mut kept = false;
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if name != family {
+                family = name.to_owned();
+                kept = keep(name);
+            }
+        } else if !line.is_empty() && !line.starts_with('#') {
+            // A sample, `name{labels} value`; a histogram's or a summary's
+            // `_bucket`, `_sum` and `_count` are its family's.
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let of_family = name
+                .strip_prefix(family.as_str())
+                .is_some_and(|suffix| matches!(suffix, "" | "_bucket" | "_sum" | "_count"));
+            if !of_family {
+                family = name.to_owned();
+                kept = keep(name);
+            }
+        }
+        if !kept {
+            continue;
+        }
+        match line
+            .strip_prefix("# TYPE ")
+            .and_then(|t| t.strip_suffix(" gauge"))
+        {
+            Some(gauge) if gauge.ends_with("_total") => {
+                out.push_str("# TYPE ");
+                out.push_str(gauge);
+                out.push_str(" untyped");
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP etcd_server_has_leader Whether a leader exists (1) or not (0).
+# TYPE etcd_server_has_leader gauge
+etcd_server_has_leader 1
+
+# TYPE etcd_debugging_mvcc_keys_total gauge
+etcd_debugging_mvcc_keys_total 12
+
+# HELP apiserver_request_total Requests.
+# TYPE apiserver_request_total counter
+apiserver_request_total{verb=\"GET\",resource=\"pods\",code=\"200\"} 3
+
+# TYPE etcd_request_duration_seconds histogram
+etcd_request_duration_seconds_bucket{le=\"0.1\"} 1
+etcd_request_duration_seconds_bucket{le=\"+Inf\"} 1
+etcd_request_duration_seconds_sum 0.01
+etcd_request_duration_seconds_count 1
+
+# TYPE grpc_server_handling_seconds histogram
+grpc_server_handling_seconds_bucket{le=\"+Inf\"} 2
+grpc_server_handling_seconds_sum 0.2
+grpc_server_handling_seconds_count 2
+
+";
+
+    fn names(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect()
+    }
+
+    #[test]
+    fn the_store_port_serves_the_store_families_and_the_api_the_rest() {
+        let store = exposition(TEXT, is_store_family);
+        assert_eq!(
+            names(&store),
+            [
+                "etcd_server_has_leader gauge",
+                "etcd_debugging_mvcc_keys_total untyped",
+                "grpc_server_handling_seconds histogram",
+            ]
+        );
+        assert!(store.contains("grpc_server_handling_seconds_count 2\n"));
+        assert!(!store.contains("etcd_request_duration_seconds"));
+
+        let api = exposition(TEXT, |name| !is_store_family(name));
+        assert_eq!(
+            names(&api),
+            [
+                "apiserver_request_total counter",
+                "etcd_request_duration_seconds histogram",
+            ]
+        );
+        assert!(api.contains("etcd_request_duration_seconds_sum 0.01\n"));
+        assert!(!api.contains("etcd_server_has_leader"));
+    }
+
+    #[test]
+    fn everything_kept_is_unchanged_but_for_total_gauges() {
+        let all = exposition(TEXT, |_| true);
+        assert_eq!(
+            all,
+            TEXT.replace(
+                "etcd_debugging_mvcc_keys_total gauge",
+                "etcd_debugging_mvcc_keys_total untyped"
+            )
+        );
     }
 }

@@ -45,7 +45,8 @@ pub struct Listeners {
 }
 
 /// Runs a member until `shutdown` fires (or the member is removed from its
-/// cluster). `metrics` renders the process-wide Prometheus registry for `/metrics`.
+/// cluster). `metrics` is the process-wide Prometheus registry; `/metrics`
+/// serves the store's families of it ([`crate::metrics::is_store_family`]).
 pub async fn run(
     config: MemberConfig,
     listeners: Listeners,
@@ -81,7 +82,12 @@ pub async fn run(
                     std::future::ready(
                         metrics
                             .as_ref()
-                            .map(PrometheusHandle::render)
+                            .map(|handle| {
+                                crate::metrics::exposition(
+                                    &handle.render(),
+                                    crate::metrics::is_store_family,
+                                )
+                            })
                             .unwrap_or_default(),
                     )
                 }),

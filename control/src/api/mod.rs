@@ -35,6 +35,7 @@ use crate::{defaults, validation};
 
 mod proxy;
 mod request;
+mod resource_metrics;
 mod shape;
 mod system;
 mod watch;
@@ -84,6 +85,8 @@ pub struct Api {
     metrics: Option<MetricsRender>,
     /// TLS towards node agents (logs, exec).
     nodes: Option<proxy::NodeConnector>,
+    /// Nodes' and pods' CPU and memory, for `metrics.k8s.io`.
+    resource_metrics: resource_metrics::ResourceMetrics,
 }
 
 /// Where a request points.
@@ -218,6 +221,7 @@ impl Api {
         };
         Arc::new(Self {
             nodes,
+            resource_metrics: resource_metrics::ResourceMetrics::default(),
             store,
             codec: Codec { sealer },
             bootstrap,
@@ -358,6 +362,22 @@ impl Api {
                 header::HeaderValue::from_static("text/plain"),
             );
             return (Ok(ok), "GET", String::new());
+        }
+        if let ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] = segments.as_slice()
+            && request.method() == Method::GET
+        {
+            let resource = if rest.contains(&"nodes") {
+                "nodes"
+            } else {
+                "pods"
+            };
+            let verb = if rest.len() % 2 == 0 { "GET" } else { "LIST" };
+            let answer = self.metrics_api(rest, request.uri().query()).await;
+            return (
+                answer.map(|v| json_response(StatusCode::OK, &v)),
+                verb,
+                resource.into(),
+            );
         }
         if let ["api", "v1", "nodes", node, "proxy", rest @ ..] = segments.as_slice()
             && request.method() == Method::GET

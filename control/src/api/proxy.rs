@@ -154,7 +154,7 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 
 impl Api {
     /// The address and port of node `name`'s agent.
-    async fn agent_of(&self, name: &str) -> Result<(String, u16)> {
+    pub(super) async fn agent_of(&self, name: &str) -> Result<(String, u16)> {
         let nodes = resources::find("", "v1", "nodes").ok_or_else(ApiError::no_such_path)?;
         let node = self
             .get(&Target {
@@ -199,7 +199,12 @@ impl Api {
     }
 
     /// A GET to an agent, its answer streamed through.
-    async fn agent_get(&self, host: &str, port: u16, path: &str) -> Result<Response<Body>> {
+    pub(super) async fn agent_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<Response<Body>> {
         let mut sender = self.connector()?.connect(host, port).await?;
         let forwarded = Request::get(path)
             .header(header::HOST, format!("{host}:{port}"))

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
@@ -36,6 +37,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
+pub mod hpa;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod node;
@@ -63,6 +65,7 @@ pub struct ControllerConfig {
     /// Where LoadBalancer Services' addresses come from (none: they stay
     /// pending).
     pub load_balancer_pool: Option<loadbalancer::Pool>,
+    pub hpa: hpa::HpaConfig,
 }
 
 impl ControllerConfig {
@@ -79,6 +82,7 @@ impl ControllerConfig {
             node: node::NodeConfig::default(),
             terminated_pod_gc_threshold: 12_500,
             load_balancer_pool: None,
+            hpa: hpa::HpaConfig::default(),
         }
     }
 
@@ -137,6 +141,7 @@ pub async fn run_controllers(
         let claims = Informer::<PersistentVolumeClaim>::default();
         let volumes = Informer::<PersistentVolume>::default();
         let classes = Informer::<StorageClass>::default();
+        let autoscalers = Informer::<HorizontalPodAutoscaler>::default();
 
         let scheduler = Scheduler::new(
             client.clone(),
@@ -153,6 +158,14 @@ pub async fn run_controllers(
             &classes,
             &nodes,
             recorder("persistentvolume-controller"),
+            shutdown.clone(),
+        );
+        let autoscaler = hpa::HpaController::new(
+            client.clone(),
+            &autoscalers,
+            &pods,
+            recorder("horizontal-pod-autoscaler"),
+            config.hpa,
             shutdown.clone(),
         );
         let replicaset = replicaset::ReplicaSetController::new(
@@ -236,6 +249,8 @@ pub async fn run_controllers(
         tasks.spawn(volumes.run(client.clone(), shutdown.clone()));
         tasks.spawn(classes.run(client.clone(), shutdown.clone()));
         tasks.spawn(binder.run(2, shutdown.clone()));
+        tasks.spawn(autoscalers.run(client.clone(), shutdown.clone()));
+        tasks.spawn(autoscaler.run(2, shutdown.clone()));
         tasks.spawn(scheduler.run(shutdown.clone()));
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));
