@@ -10,9 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::get_from_host;
-use common::profile::{IMAGE, Profile, ok};
+use common::profile::{Profile, ok};
 use common::wait_until;
-use serde_json::json;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -85,20 +84,6 @@ fn routes_to(range_prefix: &str) -> Vec<String> {
         .filter(|l| l.contains(range_prefix))
         .map(str::to_owned)
         .collect()
-}
-
-fn webserver(replicas: u32) -> serde_json::Value {
-    json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "webserver-deployment", "labels": {"app": "webserver"}},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "webserver"}},
-            "template": {"metadata": {"labels": {"app": "webserver"}},
-                "spec": {"terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "web", "image": IMAGE,
-                        "command": ["sh", "-c", "busybox mkdir -p /www && hostname > /www/index.html && echo serving && exec busybox httpd -f -p 8080 -h /www"],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "resources": {"requests": {"cpu": "50m", "memory": "16Mi"}},
-                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
-                        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5}}]}}}})
 }
 
 #[test]
@@ -176,25 +161,42 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
     assert_ne!(profile.pid("server-1"), killed, "server-1 started again");
     profile.keelson(&["status"]);
 
-    // The tutorial's workload, from an image loaded into every node.
-    let archive = profile.home.path().join("busybox.tar");
-    common::images::busybox_archive(&archive, IMAGE);
-    let loaded = profile.keelson(&["image", "load", archive.to_str().expect("UTF-8")]);
-    assert_eq!(loaded.matches("loaded").count(), 2, "{loaded}");
-    profile.apply(&webserver(2));
-    profile.apply(
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webserver-service"},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "webserver"},
-                "ports": [{"port": 80, "targetPort": "http"}]}}),
+    // The tutorial's bank scenario: its images built offline and loaded into
+    // every node, then `kubectl apply -f deploy` from the repository.
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let images = profile.home.path().join("images");
+    let built = Command::new(repository.join("deploy/images/build.sh"))
+        .arg(&images)
+        .output()
+        .expect("deploy/images/build.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
     );
-    profile.apply(
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mysql-service"},
-            "spec": {"clusterIP": "None", "selector": {"app": "mysql"},
-                "ports": [{"port": 3306}]}}),
+    for image in ["bank-web-1.0.tar", "mariadb-10.11.tar"] {
+        let file = images.join(image);
+        let loaded = profile.keelson(&["image", "load", file.to_str().expect("UTF-8")]);
+        assert_eq!(loaded.matches("loaded").count(), 2, "{loaded}");
+    }
+    let applied = profile.kubectl(&[
+        "apply",
+        "-f",
+        repository.join("deploy").to_str().expect("UTF-8"),
+    ]);
+    for object in [
+        "deployment.apps/webserver-deployment",
+        "service/webserver-service",
+        "statefulset.apps/mysql",
+        "service/mysql-service",
+    ] {
+        assert!(applied.contains(object), "{object}: {applied}");
+    }
+    wait_until(
+        Duration::from_secs(180),
+        "the database and two webservers to be ready",
+        || ready_webservers(&profile).len() == 2,
     );
-    wait_until(CONVERGE, "two webservers to be ready", || {
-        ready_webservers(&profile).len() == 2
-    });
     let deployments = profile.kubectl(&["get", "deployment"]);
     assert!(
         deployments.lines().any(|l| l
@@ -210,13 +212,26 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
     );
     let node = profile.kubectl(&["describe", "node", &name]);
     assert!(node.contains("Non-terminated Pods:"), "{node}");
+    let pods = profile.kubectl(&["get", "pods"]);
+    assert!(
+        pods.contains("mysql-0") && pods.contains("Running"),
+        "{pods}"
+    );
     let (pod, _) = ready_webservers(&profile).remove(0);
     wait_until(CONVERGE, "the webserver's log", || {
         profile
             .try_kubectl(&["logs", &pod])
-            .is_some_and(|l| l.contains("serving"))
+            .is_some_and(|l| l.contains("GET /ready"))
     });
-    let said = profile.kubectl(&["exec", &pod, "--", "sh", "-c", "echo from $(hostname)"]);
+    let said = profile.kubectl(&[
+        "exec",
+        "-ti",
+        &pod,
+        "--",
+        "sh",
+        "-c",
+        "echo from $(hostname)",
+    ]);
     assert_eq!(said.trim(), format!("from {pod}"));
     let services = profile.kubectl(&["get", "service"]);
     let lb = services
@@ -254,7 +269,7 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
     });
     wait_until(CONVERGE, "the external address to answer", || {
         get_from_host(&format!("{external}:80"))
-            .is_ok_and(|page| page.starts_with("webserver-deployment-"))
+            .is_ok_and(|page| page.starts_with("Keelson bank, served by webserver-deployment-"))
     });
 
     // Scale out, then switch off a node that runs a replica: its pods are
@@ -268,7 +283,16 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
     wait_until(CONVERGE, "three webservers to be ready", || {
         ready_webservers(&profile).len() == 3
     });
-    let victim = ready_webservers(&profile)[0].1.clone();
+    // A node with a webserver but not the database: the database's volume
+    // is on its node, so it could not move (as with a local volume).
+    let database = profile
+        .try_kubectl(&["get", "pod", "mysql-0", "-o", "jsonpath={.spec.nodeName}"])
+        .unwrap_or_default();
+    let victim = ready_webservers(&profile)
+        .into_iter()
+        .map(|(_, node)| node)
+        .find(|node| *node != database)
+        .unwrap_or_else(|| panic!("no webserver outside the database's node {database}"));
     profile.keelson(&["node", "stop", &victim]);
     wait_until(
         Duration::from_secs(120),
@@ -279,8 +303,7 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
         },
     );
     wait_until(CONVERGE, "the external address to answer again", || {
-        get_from_host(&format!("{external}:80"))
-            .is_ok_and(|page| page.starts_with("webserver-deployment-"))
+        get_from_host(&format!("{external}:80")).is_ok_and(|page| page.contains("alice"))
     });
     profile.keelson(&["node", "start", &victim]);
     tunnel.terminate();
@@ -308,12 +331,20 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
         profile.kubectl(&["get", "configmap", "kept", "-o", "jsonpath={.data.answer}"]) == "42"
     );
     wait_until(
-        CONVERGE,
-        "three webservers to be ready after a restart",
+        Duration::from_secs(180),
+        "three webservers (and so the database) ready after a restart",
         || ready_webservers(&profile).len() == 3,
     );
-    profile.kubectl(&["delete", "deployment", "webserver-deployment"]);
-    profile.kubectl(&["delete", "service", "webserver-service", "mysql-service"]);
+    // The bank's data survived on the database's volume.
+    let (pod, _) = ready_webservers(&profile).remove(0);
+    let page = profile.kubectl(&["exec", &pod, "--", "python3", "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/').read().decode())"]);
+    assert!(page.contains("alice") && page.contains("total"), "{page}");
+    profile.kubectl(&[
+        "delete",
+        "-f",
+        repository.join("deploy").to_str().expect("UTF-8"),
+    ]);
 
     // Delete: nothing of it is left, and its context is gone.
     profile.keelson(&["delete"]);
