@@ -21,6 +21,10 @@ use clap::{Parser, Subcommand};
     about = "Kubernetes-compatible container orchestrator with a Raft-replicated control plane"
 )]
 struct Cli {
+    /// Log lines as text, or as JSON objects (one per line, with the
+    /// fields of every span they happen in).
+    #[arg(long, global = true, env = "KEELSON_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,16 +116,39 @@ struct ShimArgs {
     log_max_files: u32,
 }
 
-fn init_logging() {
+/// Logs to standard error, filtered by `RUST_LOG` (default info), as text
+/// or JSON; the filter can be replaced while the process runs
+/// (`PUT /debug/flags/v` on the API server and the agent).
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,hickory_server=warn")
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, reload};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(keelson_control::logging::directives("0")));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        let format = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr);
+        registry.with(format).init();
+    } else {
+        let format = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
+        registry.with(format).init();
+    }
+    keelson_control::logging::install(move |directives| {
+        let filter = EnvFilter::try_new(directives)
+            .map_err(|e| format!("{directives:?} is not a log filter: {e}"))?;
+        handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log filter: {e}"))?;
+        Ok(directives.to_owned())
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn main() -> ExitCode {
@@ -179,7 +206,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    init_logging();
+    init_logging(cli.log_format == "json");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

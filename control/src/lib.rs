@@ -31,6 +31,7 @@ pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod join;
+pub mod logging;
 pub mod metrics;
 pub mod object;
 pub mod openapi;

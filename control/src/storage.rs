@@ -284,6 +284,7 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "store_write", skip_all, fields(key = %String::from_utf8_lossy(key)))]
     async fn guarded_put(&self, key: &[u8], value: Vec<u8>, guard: Compare) -> Result<Written> {
         let put = RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {

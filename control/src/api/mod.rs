@@ -57,6 +57,26 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// `PUT /debug/flags/v` with a verbosity (`3`) or `tracing` directives
+/// (`debug,openraft=warn`) as the body: the process's log level, changed
+/// while it runs.
+async fn set_log_level(request: Request<Body>) -> Result<Response<Body>> {
+    let body = axum::body::to_bytes(request.into_body(), 4096)
+        .await
+        .map_err(|_| ApiError::too_large(4096))?;
+    let asked = String::from_utf8_lossy(&body).into_owned();
+    let now = crate::logging::change(&asked).map_err(ApiError::bad_request)?;
+    tracing::info!(filter = %now, "log level changed");
+    let mut answer = Response::new(Body::from(format!(
+        "successfully set the log filter to {now}"
+    )));
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    Ok(answer)
+}
+
 /// Renders the process's metrics in Prometheus' text format.
 #[derive(Clone)]
 pub struct MetricsRender(pub Arc<dyn Fn() -> String + Send + Sync>);
@@ -296,7 +316,11 @@ impl Api {
                 };
                 (answer, "POST", String::new())
             }
-            _ if authenticated => self.route(request).await,
+            _ if authenticated => {
+                // Every log line of the request carries what it was.
+                let span = tracing::debug_span!("request", %method, %path);
+                tracing::Instrument::instrument(self.route(request), span).await
+            }
             _ => (Err(ApiError::unauthorized()), "OTHER", String::new()),
         };
         let response = response.unwrap_or_else(|error| error_response(&error));
@@ -326,6 +350,9 @@ impl Api {
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             return (Ok(text), "GET", String::new());
+        }
+        if path == "/debug/flags/v" && request.method() == Method::PUT {
+            return (set_log_level(request).await, "UPDATE", String::new());
         }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let document = match segments.as_slice() {

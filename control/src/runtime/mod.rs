@@ -51,7 +51,10 @@ pub async fn run_workers<F, Fut, E>(
         let (queue, reconcile) = (queue.clone(), reconcile.clone());
         tasks.spawn(async move {
             while let Some(key) = queue.get().await {
-                match reconcile(key.clone()).await {
+                // Every log line of a reconcile says which one it is.
+                let span = tracing::debug_span!("reconcile", controller = name, key = %key);
+                let outcome = tracing::Instrument::instrument(reconcile(key.clone()), span).await;
+                match outcome {
                     Ok(Action::Done) => queue.forget(&key),
                     Ok(Action::RequeueAfter(delay)) => {
                         queue.forget(&key);

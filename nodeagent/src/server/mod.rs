@@ -8,6 +8,7 @@
 //!     GET  /exec/NS/POD/CONTAINER?command=…&stdin&stdout&stderr&tty   (WebSocket, v5/v4.channel.k8s.io)
 //!     GET  /metrics
 //!     GET  /metrics/resource     CPU and memory of the node, its pods and containers
+//!     PUT  /debug/flags/v        the log level (a verbosity, or tracing directives), while it runs
 //! ```
 //!
 //! The serving certificate is issued by the cluster CA for the node's
@@ -355,6 +356,28 @@ impl<R: Runtime> AgentServer<R> {
             );
         }
         let query = parse_query(request.uri().query());
+        if segments == ["debug", "flags", "v"] && request.method() == hyper::Method::PUT {
+            let asked = match axum::body::to_bytes(Body::new(request.into_body()), 4096).await {
+                Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+                Err(_) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "the body is too large",
+                    );
+                }
+            };
+            return match keelson_control::logging::change(&asked) {
+                Ok(now) => {
+                    tracing::info!(filter = %now, "log level changed");
+                    text(
+                        format!("successfully set the log filter to {now}"),
+                        "text/plain",
+                    )
+                }
+                Err(why) => status(StatusCode::BAD_REQUEST, "BadRequest", why),
+            };
+        }
         match segments.as_slice() {
             ["healthz"] => text("ok", "text/plain"),
             ["metrics"] => match &self.metrics {
