@@ -214,6 +214,15 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
             template(spec);
         }
+        ("batch", "CronJob") => {
+            default(spec, "concurrencyPolicy", json!("Allow"));
+            default(spec, "suspend", json!(false));
+            default(spec, "successfulJobsHistoryLimit", json!(3));
+            default(spec, "failedJobsHistoryLimit", json!(1));
+            // Only the pod template: the Job created from it gets the
+            // Job's defaults then, as in Kubernetes.
+            template(&mut spec["jobTemplate"]["spec"]);
+        }
         ("", "Service") => {
             default(spec, "type", json!("ClusterIP"));
             default(spec, "sessionAffinity", json!("None"));
@@ -304,6 +313,27 @@ mod tests {
             (Some(1), Some(6))
         );
         assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    }
+
+    #[test]
+    fn cronjobs_get_kubernetes_defaults() {
+        let mut c = json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "OnFailure", "containers": [{"name": "a", "image": "busybox"}]}}}}}});
+        apply(find("batch", "v1", "cronjobs").unwrap(), &mut c);
+        let spec = &c["spec"];
+        assert_eq!(spec["concurrencyPolicy"], "Allow");
+        assert_eq!(spec["suspend"], false);
+        assert_eq!(
+            (
+                spec["successfulJobsHistoryLimit"].as_i64(),
+                spec["failedJobsHistoryLimit"].as_i64()
+            ),
+            (Some(3), Some(1))
+        );
+        let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "OnFailure");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        assert!(spec["jobTemplate"]["spec"]["backoffLimit"].is_null());
     }
 
     #[test]

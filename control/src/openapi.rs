@@ -52,6 +52,7 @@ fn add_kind(resource: &Resource, generator: &mut SchemaGenerator) -> bool {
         "apps" "v1" "DaemonSet" => api::apps::v1::DaemonSet,
         "apps" "v1" "ControllerRevision" => api::apps::v1::ControllerRevision,
         "batch" "v1" "Job" => api::batch::v1::Job,
+        "batch" "v1" "CronJob" => api::batch::v1::CronJob,
         "autoscaling" "v1" "HorizontalPodAutoscaler" => api::autoscaling::v1::HorizontalPodAutoscaler,
         "autoscaling" "v2" "HorizontalPodAutoscaler" => api::autoscaling::v2::HorizontalPodAutoscaler,
         "coordination.k8s.io" "v1" "Lease" => api::coordination::v1::Lease,

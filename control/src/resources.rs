@@ -283,6 +283,18 @@ pub static RESOURCES: &[Resource] = &[
         &["status"]
     ),
     resource!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
+        ALL,
+        "cronjobs",
+        &["status"]
+    ),
+    resource!(
         "autoscaling",
         "v2",
         "HorizontalPodAutoscaler",

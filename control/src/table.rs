@@ -84,6 +84,18 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        "CronJob" => vec![
+            NAME,
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
         "DaemonSet" => vec![
             NAME,
             ("Desired", "integer", 0),
@@ -551,6 +563,27 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(label_selector(&spec["selector"])),
             ]
         }
+        "CronJob" => {
+            let job = &spec["jobTemplate"]["spec"];
+            vec![
+                json!(text(&spec["schedule"])),
+                json!(or_none(text(&spec["timeZone"]))),
+                json!(match spec["suspend"].as_bool() {
+                    Some(true) => "True",
+                    Some(false) => "False",
+                    None => "<unset>",
+                }),
+                json!(status["active"].as_array().map_or(0, Vec::len)),
+                json!(match status["lastScheduleTime"].as_str() {
+                    Some(at) => human_age(age_seconds(Some(at))),
+                    None => "<none>".to_owned(),
+                }),
+                json!(age(o)),
+                json!(containers(&job["template"]["spec"], "name")),
+                json!(containers(&job["template"]["spec"], "image")),
+                json!(label_selector(&job["selector"])),
+            ]
+        }
         "DaemonSet" => vec![
             json!(int(&status["desiredNumberScheduled"])),
             json!(int(&status["currentNumberScheduled"])),
@@ -804,6 +837,7 @@ mod tests {
             ("Lease", json!({"metadata": {"name": "l"}})),
             ("ServiceAccount", json!({"metadata": {"name": "sa"}})),
             ("Job", json!({"metadata": {"name": "j"}})),
+            ("CronJob", json!({"metadata": {"name": "cj"}})),
             ("DaemonSet", json!({"metadata": {"name": "d"}})),
             (
                 "HorizontalPodAutoscaler",

@@ -108,6 +108,57 @@ pub fn check(resource: &Resource, object: &Value) -> Vec<Cause> {
                 });
             }
         }
+        ("batch", "CronJob") => {
+            let schedule = text(&spec["schedule"]);
+            if schedule.is_empty() {
+                causes.push(Cause::required("spec.schedule"));
+            } else if schedule.contains("TZ") {
+                causes.push(Cause::invalid(
+                    "spec.schedule",
+                    schedule,
+                    "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+                ));
+            } else if let Err(error) =
+                schedule.parse::<crate::controllers::cronjob::schedule::Schedule>()
+            {
+                causes.push(Cause::invalid(
+                    "spec.schedule",
+                    schedule,
+                    &error.to_string(),
+                ));
+            }
+            let policy = spec["concurrencyPolicy"].as_str().unwrap_or("Allow");
+            if !matches!(policy, "Allow" | "Forbid" | "Replace") {
+                causes.push(Cause {
+                    reason: "FieldValueNotSupported",
+                    message: format!("Unsupported value: \"{policy}\": supported values: \"Allow\", \"Forbid\", \"Replace\""),
+                    field: "spec.concurrencyPolicy".into(),
+                });
+            }
+            for field in [
+                "startingDeadlineSeconds",
+                "successfulJobsHistoryLimit",
+                "failedJobsHistoryLimit",
+            ] {
+                if spec[field].as_i64().is_some_and(|n| n < 0) {
+                    causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        &spec[field].to_string(),
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+            let pod = &spec["jobTemplate"]["spec"]["template"]["spec"];
+            containers(pod, "spec.jobTemplate.spec.template.spec", &mut causes);
+            let restart = text(&pod["restartPolicy"]);
+            if !matches!(restart, "OnFailure" | "Never") {
+                causes.push(Cause {
+                    reason: "FieldValueNotSupported",
+                    message: format!("Unsupported value: \"{restart}\": supported values: \"OnFailure\", \"Never\""),
+                    field: "spec.jobTemplate.spec.template.spec.restartPolicy".into(),
+                });
+            }
+        }
         ("", "Service") => {
             let headless = spec["clusterIP"] == "None";
             let kind = text(&spec["type"]);
@@ -220,6 +271,28 @@ mod tests {
             fields,
             ["spec.selector", "spec.template.spec.containers[0].image"]
         );
+    }
+
+    #[test]
+    fn cronjobs_need_a_schedule_that_parses() {
+        let cronjob = find("batch", "v1", "cronjobs").unwrap();
+        let with = |schedule: &str, policy: &str| {
+            json!({"spec": {"schedule": schedule, "concurrencyPolicy": policy,
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "a", "image": "b"}]}}}}}})
+        };
+        assert!(check(cronjob, &with("*/5 * * * *", "Forbid")).is_empty());
+        assert!(check(cronjob, &with("@hourly", "Replace")).is_empty());
+        let causes = check(cronjob, &with("61 * * * *", "Allow"));
+        assert_eq!(causes[0].field, "spec.schedule");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
+        );
+        let causes = check(cronjob, &with("TZ=UTC 0 * * * *", "Allow"));
+        assert!(causes[0].message.contains("use timeZone field instead"));
+        let causes = check(cronjob, &with("* * * * *", "Sometimes"));
+        assert_eq!(causes[0].field, "spec.concurrencyPolicy");
     }
 
     #[test]

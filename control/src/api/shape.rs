@@ -26,6 +26,7 @@ pub(super) fn defaults_on_create(resource: &Resource, object: &mut Value) {
         | "statefulsets"
         | "daemonsets"
         | "jobs"
+        | "cronjobs"
         | "horizontalpodautoscalers" => {
             object["status"] = json!({});
         }

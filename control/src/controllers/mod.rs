@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
@@ -33,11 +34,13 @@ use crate::runtime::events::Recorder;
 use crate::runtime::leader::{self, LeaderConfig};
 use crate::scheduler::Scheduler;
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod gc;
 pub mod hpa;
+pub mod job;
 pub mod loadbalancer;
 pub mod namespace;
 pub mod node;
@@ -132,6 +135,8 @@ pub async fn run_controllers(
         let deployments = Informer::<Deployment>::default();
         let statefulsets = Informer::<StatefulSet>::default();
         let revisions = Informer::<ControllerRevision>::default();
+        let jobs = Informer::<Job>::default();
+        let cronjobs = Informer::<CronJob>::default();
         let leases = Informer::<Lease>::default();
         let namespaces = Informer::<Namespace>::default();
         let accounts = Informer::<ServiceAccount>::default();
@@ -181,6 +186,22 @@ pub async fn run_controllers(
             &replicasets,
             &pods,
             recorder("deployment-controller"),
+            shutdown.clone(),
+        );
+
+        let job = job::JobController::new(
+            client.clone(),
+            &jobs,
+            &pods,
+            recorder("job-controller"),
+            shutdown.clone(),
+        );
+        let ttl = job::ttl::TtlAfterFinished::new(client.clone(), &jobs, shutdown.clone());
+        let cronjob = cronjob::CronJobController::new(
+            client.clone(),
+            &cronjobs,
+            &jobs,
+            recorder("cronjob-controller"),
             shutdown.clone(),
         );
 
@@ -239,6 +260,8 @@ pub async fn run_controllers(
         tasks.spawn(deployments.run(client.clone(), shutdown.clone()));
         tasks.spawn(statefulsets.run(client.clone(), shutdown.clone()));
         tasks.spawn(revisions.run(client.clone(), shutdown.clone()));
+        tasks.spawn(jobs.run(client.clone(), shutdown.clone()));
+        tasks.spawn(cronjobs.run(client.clone(), shutdown.clone()));
         tasks.spawn(leases.run(client.clone(), shutdown.clone()));
         tasks.spawn(namespaces.run(client.clone(), shutdown.clone()));
         tasks.spawn(accounts.run(client.clone(), shutdown.clone()));
@@ -255,6 +278,9 @@ pub async fn run_controllers(
         tasks.spawn(replicaset.run(5, shutdown.clone()));
         tasks.spawn(deployment.run(5, shutdown.clone()));
         tasks.spawn(statefulset.run(5, shutdown.clone()));
+        tasks.spawn(job.run(5, shutdown.clone()));
+        tasks.spawn(ttl.run(2, shutdown.clone()));
+        tasks.spawn(cronjob.run(2, shutdown.clone()));
         tasks.spawn(gc.run(5, shutdown.clone()));
         tasks.spawn(lifecycle.run(shutdown.clone()));
         tasks.spawn(podgc.run(shutdown.clone()));

@@ -1,12 +1,86 @@
-//! What controllers ask of pods: active, ready, available, and which to
-//! delete first.
+//! What controllers ask of pods: active, ready, available, which to
+//! delete first, and creating many without failing many times.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::{Metadata, Resource};
+
+use super::expectations::Expectations;
+use crate::client::{Client, ClientError};
+use crate::runtime::events::{EventType, Recorder};
+
+/// Who creates pods, for [`create_in_batches`].
+#[derive(Clone, Copy, Debug)]
+pub struct Creator<'a> {
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    pub expectations: &'a Expectations,
+    /// The owner's key in `expectations`.
+    pub key: &'a str,
+}
+
+/// Creates `pods` in `namespace` in slow-start batches (1, 2, 4, …), so a
+/// template the API refuses fails once rather than once per pod; records
+/// `SuccessfulCreate`/`FailedCreate` on `owner`, and tells the
+/// expectations (set for all of them by the caller) of every creation that
+/// will not come. How many were created, and the first failure.
+pub async fn create_in_batches<K: Resource + Metadata<Ty = ObjectMeta>>(
+    creator: Creator<'_>,
+    owner: &K,
+    namespace: &str,
+    pods: Vec<Pod>,
+) -> (usize, Option<ClientError>) {
+    let mut remaining = pods.into_iter();
+    let mut left = remaining.len();
+    let mut batch = 1;
+    let mut created = 0;
+    while left > 0 {
+        let size = batch.min(left);
+        let creations = remaining
+            .by_ref()
+            .take(size)
+            .map(|pod| async move { creator.client.create(Some(namespace), &pod).await });
+        let mut failure = None;
+        for outcome in join_all(creations).await {
+            match outcome {
+                Ok(pod) => {
+                    created += 1;
+                    creator.recorder.record(
+                        owner,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", pod.metadata.name.unwrap_or_default()),
+                    );
+                }
+                Err(error) => {
+                    creator.expectations.creation_observed(creator.key);
+                    creator.recorder.record(
+                        owner,
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {error}"),
+                    );
+                    failure = Some(error);
+                }
+            }
+        }
+        left -= size;
+        if let Some(error) = failure {
+            // What was not attempted will not appear either.
+            for _ in 0..left {
+                creator.expectations.creation_observed(creator.key);
+            }
+            return (created, Some(error));
+        }
+        batch *= 2;
+    }
+    (created, None)
+}
 
 /// Not finished and not being deleted: counts towards replicas.
 pub fn is_active(pod: &Pod) -> bool {

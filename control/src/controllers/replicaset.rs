@@ -328,49 +328,22 @@ impl ReplicaSetController {
             self.expectations.expect_creations(key, missing);
             let template = spec.template.clone().unwrap_or_default();
             let reference = controller_reference(set.as_ref());
-            let mut remaining = missing;
-            let mut batch = 1;
-            while remaining > 0 {
-                let size = batch.min(remaining);
-                let creations = (0..size).map(|_| {
-                    let pod = from_template(&template, &name, reference.clone());
-                    let client = self.client.clone();
-                    let namespace = namespace.clone();
-                    async move { client.create(Some(&namespace), &pod).await }
-                });
-                let mut failed = None;
-                for outcome in join_all(creations).await {
-                    match outcome {
-                        Ok(pod) => self.recorder.record(
-                            set.as_ref(),
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", pod.metadata.name.unwrap_or_default()),
-                        ),
-                        Err(error) => {
-                            self.expectations.creation_observed(key);
-                            self.recorder.record(
-                                set.as_ref(),
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating: {error}"),
-                            );
-                            failed = Some(error);
-                        }
-                    }
-                }
-                remaining -= size;
-                if let Some(error) = failed {
-                    // What was not attempted will not appear either.
-                    for _ in 0..remaining {
-                        self.expectations.creation_observed(key);
-                    }
-                    return Err((
-                        Self::failed(key, "create pods")(error),
-                        "FailedCreate".into(),
-                    ));
-                }
-                batch *= 2;
+            let pods = (0..missing)
+                .map(|_| from_template(&template, &name, reference.clone()))
+                .collect();
+            let creator = pods::Creator {
+                client: &self.client,
+                recorder: &self.recorder,
+                expectations: &self.expectations,
+                key,
+            };
+            let (_, failed) =
+                pods::create_in_batches(creator, set.as_ref(), &namespace, pods).await;
+            if let Some(error) = failed {
+                return Err((
+                    Self::failed(key, "create pods")(error),
+                    "FailedCreate".into(),
+                ));
             }
         } else if owned.len() > replicas {
             let excess = (owned.len() - replicas).min(BURST);
