@@ -1,45 +1,46 @@
-//! Resource metrics and the HorizontalPodAutoscaler on a local cluster, as
-//! root (as CI runs): `kubectl top` from the agents' cgroup figures, and a
-//! Deployment scaled up under CPU load and back down once it stops.
+//! The tutorial's autoscaling step on a local cluster, as root (as CI
+//! runs): the bank scenario's webserver under a bounded load from inside
+//! the cluster, `kubectl top` showing it, and its HorizontalPodAutoscaler
+//! (10% CPU) adding replicas, then, once the load stops and the (shortened)
+//! scale-down window passes, taking them away.
 
 #[allow(dead_code, reason = "uses part of the shared harness")]
 mod common;
 
 use std::time::Duration;
 
-use common::profile::{IMAGE, Profile};
+use common::profile::Profile;
 use common::wait_until;
-use serde_json::json;
 
 /// Two scrapes (15 s apart) before a rate exists, then an HPA sync.
 const METRICS: Duration = Duration::from_secs(90);
 
-/// Pods of the Deployment and their phase.
-fn replicas(profile: &Profile) -> Vec<String> {
+/// Ready webserver pods.
+fn ready_webservers(profile: &Profile) -> Vec<String> {
     profile
         .try_kubectl(&[
             "get",
             "pods",
             "-l",
-            "app=burner",
+            "app=webserver",
             "-o",
-            "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
         ])
         .unwrap_or_default()
         .lines()
         .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [name, "Running"] => Some((*name).to_owned()),
+            [name, "True"] => Some((*name).to_owned()),
             _ => None,
         })
         .collect()
 }
 
-fn spec_replicas(profile: &Profile) -> i64 {
+fn desired(profile: &Profile) -> i64 {
     profile
         .try_kubectl(&[
             "get",
             "deployment",
-            "burner",
+            "webserver-deployment",
             "-o",
             "jsonpath={.spec.replicas}",
         ])
@@ -47,28 +48,30 @@ fn spec_replicas(profile: &Profile) -> i64 {
         .unwrap_or(0)
 }
 
+/// A client loop in `pod`: GET /burn?ms=200 through the Service until
+/// /tmp/stop exists or three minutes pass (bounded, whatever happens).
+const LOAD: &str = r"import os, time, urllib.request
+end = time.time() + 180
+while time.time() < end and not os.path.exists('/tmp/stop'):
+    try:
+        urllib.request.urlopen('http://webserver-service/burn?ms=200', timeout=5).read()
+    except Exception:
+        time.sleep(0.2)
+";
+
 #[test]
-fn top_shows_usage_and_the_autoscaler_follows_the_load() {
-    // A short scale-down window, so the test sees the way back.
+fn the_bank_webserver_scales_with_its_load() {
     let profile = Profile::up(
         2,
         &["--server-flag=--horizontal-pod-autoscaler-downscale-stabilization=20s"],
     );
     let name = profile.name.clone();
-    // Burns a core while /tmp/load exists; idle otherwise.
-    profile.apply(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "burner"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burner"}},
-            "template": {"metadata": {"labels": {"app": "burner"}},
-                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "burn", "image": IMAGE,
-                    "command": ["sh", "-c", "while :; do while [ -f /tmp/load ]; do :; done; sleep 1; done"],
-                    "resources": {"requests": {"cpu": "50m", "memory": "8Mi"}}}]}}}}));
-    profile.apply(&json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "burner"},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burner"},
-            "minReplicas": 1, "maxReplicas": 3,
-            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
-                "target": {"type": "Utilization", "averageUtilization": 10}}}]}}));
+    profile.apply_bank();
+    wait_until(
+        Duration::from_secs(180),
+        "the database and two webservers to be ready",
+        || ready_webservers(&profile).len() == 2,
+    );
 
     // kubectl top, once two scrapes have been taken.
     wait_until(METRICS, "kubectl top node", || {
@@ -83,57 +86,69 @@ fn top_shows_usage_and_the_autoscaler_follows_the_load() {
     );
     wait_until(METRICS, "kubectl top pod", || {
         profile
-            .try_kubectl(&["top", "pod", "-l", "app=burner", "--no-headers"])
-            .is_some_and(|t| t.contains("burner-"))
+            .try_kubectl(&["top", "pod", "-l", "app=webserver", "--no-headers"])
+            .is_some_and(|t| t.lines().count() == 2)
     });
-    let containers = profile.kubectl(&["top", "pod", "--containers", "-l", "app=burner"]);
-    assert!(containers.contains(" burn "), "{containers}");
-    let all = profile.kubectl(&["top", "pod", "-A"]);
-    assert!(
-        all.contains("NAMESPACE") && all.contains("burner-"),
-        "{all}"
-    );
+    let containers = profile.kubectl(&["top", "pod", "--containers", "-l", "app=webserver"]);
+    assert!(containers.contains(" webserver "), "{containers}");
+    wait_until(METRICS, "kubectl top pod -A to list the database", || {
+        profile
+            .try_kubectl(&["top", "pod", "-A"])
+            .is_some_and(|all| all.starts_with("NAMESPACE") && all.contains("mysql-0"))
+    });
     wait_until(METRICS, "the autoscaler to read its metric", || {
         profile
-            .try_kubectl(&["get", "hpa", "burner", "--no-headers"])
+            .try_kubectl(&["get", "hpa", "webserver-autoscaler", "--no-headers"])
             .is_some_and(|row| row.contains("cpu: ") && row.contains("%/10%"))
     });
+    assert_eq!(desired(&profile), 2);
 
-    // Load: every replica burns; the autoscaler grows the Deployment.
-    let first = replicas(&profile);
-    assert_eq!(first.len(), 1, "{first:?}");
-    profile.kubectl(&["exec", &first[0], "--", "sh", "-c", ": > /tmp/load"]);
+    // Load from inside the cluster: the autoscaler adds replicas.
+    let client = ready_webservers(&profile).remove(0);
+    let mut load = common::spawn_background(
+        profile.command("kubectl", &["exec", &client, "--", "python3", "-c", LOAD]),
+        "the load loop".into(),
+    );
     wait_until(METRICS, "the autoscaler to scale up", || {
-        spec_replicas(&profile) > 1
+        desired(&profile) > 2
     });
-    let top = profile.kubectl(&["top", "pod", &first[0], "--no-headers"]);
-    let millicores: i64 = top
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.trim_end_matches('m').parse().ok())
+    let top = profile.kubectl(&["top", "pod", "-l", "app=webserver", "--no-headers"]);
+    let busiest: i64 = top
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)?
+                .trim_end_matches('m')
+                .parse()
+                .ok()
+        })
+        .max()
         .unwrap_or(0);
-    assert!(millicores > 100, "a busy loop uses more than 100m: {top}");
-    let described = profile.kubectl(&["describe", "hpa", "burner"]);
+    assert!(
+        busiest > 10,
+        "a replica above 10% of its 100m request: {top}"
+    );
+    let described = profile.kubectl(&["describe", "hpa", "webserver-autoscaler"]);
     for text in [
         "SuccessfulRescale",
         "New size:",
-        "ScalingActive",
         "ValidMetricFound",
+        "above target",
     ] {
         assert!(described.contains(text), "{text}: {described}");
     }
 
-    // Load gone: after the (shortened) stabilization window, back to one.
-    for pod in replicas(&profile) {
-        let _ = profile.try_kubectl(&["exec", &pod, "--", "busybox", "rm", "-f", "/tmp/load"]);
-    }
+    // Load gone: after the stabilization window, back to the minimum.
+    profile.kubectl(&["exec", &client, "--", "sh", "-c", ": > /tmp/stop"]);
+    let (stopped, _) = load.wait_for_exit();
+    assert!(stopped.success(), "the load loop: {stopped}");
     wait_until(
         Duration::from_secs(180),
         "the autoscaler to scale down",
-        || spec_replicas(&profile) == 1,
+        || desired(&profile) == 2,
     );
-    let hpa = profile.kubectl(&["get", "hpa", "burner", "-o", "json"]);
+    let hpa = profile.kubectl(&["get", "hpa", "webserver-autoscaler", "-o", "json"]);
     let hpa: serde_json::Value = serde_json::from_str(&hpa).expect("JSON");
-    assert_eq!(hpa["status"]["desiredReplicas"], 1, "{hpa}");
+    assert_eq!(hpa["status"]["desiredReplicas"], 2, "{hpa}");
     assert!(hpa["status"]["lastScaleTime"].is_string(), "{hpa}");
 }

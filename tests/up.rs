@@ -164,26 +164,7 @@ fn a_local_cluster_runs_the_tutorial_and_leaves_nothing() {
     // The tutorial's bank scenario: its images built offline and loaded into
     // every node, then `kubectl apply -f deploy` from the repository.
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let images = profile.home.path().join("images");
-    let built = Command::new(repository.join("deploy/images/build.sh"))
-        .arg(&images)
-        .output()
-        .expect("deploy/images/build.sh");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    for image in ["bank-web-1.0.tar", "mariadb-10.11.tar"] {
-        let file = images.join(image);
-        let loaded = profile.keelson(&["image", "load", file.to_str().expect("UTF-8")]);
-        assert_eq!(loaded.matches("loaded").count(), 2, "{loaded}");
-    }
-    let applied = profile.kubectl(&[
-        "apply",
-        "-f",
-        repository.join("deploy").to_str().expect("UTF-8"),
-    ]);
+    let applied = profile.apply_bank();
     for object in [
         "deployment.apps/webserver-deployment",
         "service/webserver-service",

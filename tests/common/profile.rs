@@ -46,6 +46,33 @@ impl Profile {
         profile
     }
 
+    /// The bank scenario of the tutorial: its images built offline
+    /// (`deploy/images/build.sh`), loaded into every node, and `kubectl
+    /// apply -f deploy`; what kubectl said.
+    pub(crate) fn apply_bank(&self) -> String {
+        let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let images = self.home.path().join("images");
+        let built = Command::new(repository.join("deploy/images/build.sh"))
+            .arg(&images)
+            .output()
+            .expect("deploy/images/build.sh");
+        assert!(
+            built.status.success(),
+            "{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        for image in ["bank-web-1.0.tar", "mariadb-10.11.tar"] {
+            let file = images.join(image);
+            let loaded = self.keelson(&["image", "load", file.to_str().expect("UTF-8")]);
+            assert_eq!(loaded.matches("loaded").count(), 2, "{loaded}");
+        }
+        self.kubectl(&[
+            "apply",
+            "-f",
+            repository.join("deploy").to_str().expect("UTF-8"),
+        ])
+    }
+
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.home.path().join("kubeconfig")
     }
