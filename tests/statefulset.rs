@@ -145,8 +145,8 @@ fn web(replicas: u32) -> Value {
                         "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}}}})
 }
 
-/// A set in `namespace` whose pods mount a claim `www` each (which may
-/// never bind here: only the claims are looked at).
+/// A set in `namespace` whose pods mount a claim `www` each, bound to a
+/// local-path volume on the node the pod first lands on.
 fn claimed(name: &str, replicas: u32, retention: Option<(&str, &str)>) -> Value {
     let mut set = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": name, "namespace": "claims"},
@@ -511,6 +511,53 @@ fn statefulsets_keep_their_pods_identities_order_and_claims() {
             ) == format!("www-web-{i}")
         })
     });
+    // Each pod writes its hostname to its volume; a replaced web-1 finds
+    // what web-1 wrote, on whichever node it lands.
+    wait_until(CONVERGE, "the claimed pods to run", || {
+        (0..3).all(|i| {
+            get(
+                &profile,
+                &["pod", &format!("web-{i}"), "-n", "claims"],
+                "{.status.phase}",
+            ) == "Running"
+        })
+    });
+    for i in 0..3 {
+        profile.kubectl(&[
+            "exec",
+            "-n",
+            "claims",
+            &format!("web-{i}"),
+            "--",
+            "sh",
+            "-c",
+            "hostname > /www/host",
+        ]);
+    }
+    let old_uid = get(
+        &profile,
+        &["pod", "web-1", "-n", "claims"],
+        "{.metadata.uid}",
+    );
+    profile.kubectl(&["delete", "pod", "web-1", "-n", "claims", "--wait=true"]);
+    wait_until(CONVERGE, "web-1 back with its data", || {
+        get(
+            &profile,
+            &["pod", "web-1", "-n", "claims"],
+            "{.metadata.uid}",
+        ) != old_uid
+            && profile
+                .try_kubectl(&["exec", "-n", "claims", "web-1", "--", "cat", "/www/host"])
+                .is_some_and(|host| host.trim() == "web-1")
+    });
+    assert_eq!(
+        get(
+            &profile,
+            &["pvc", "www-web-1", "-n", "claims"],
+            "{.status.phase}"
+        ),
+        "Bound"
+    );
     profile.kubectl(&[
         "scale",
         "statefulset",
