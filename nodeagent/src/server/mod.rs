@@ -506,19 +506,30 @@ impl<R: Runtime> AgentServer<R> {
             Ok(options) => options,
             Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
         };
-        let Some(object) = self.pods.get(&format!("{namespace}/{pod}")) else {
-            return status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!(
-                    "pod {pod:?} in namespace {namespace:?} is not on node {}",
-                    self.node
-                ),
-            );
-        };
-        let id = match log_container(&object, name, query_flag(query, "previous")) {
-            Ok(id) => id,
-            Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
+        let key = format!("{namespace}/{pod}");
+        let previous = query_flag(query, "previous");
+        // The pod's status as this agent last wrote it reaches its own
+        // cache a moment after the API has it: a client that saw a restart
+        // there is given a short while for the cache to follow.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let id = loop {
+            let Some(object) = self.pods.get(&key) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!(
+                        "pod {pod:?} in namespace {namespace:?} is not on node {}",
+                        self.node
+                    ),
+                );
+            };
+            match log_container(&object, name, previous) {
+                Ok(id) => break id,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(message) => return status(StatusCode::BAD_REQUEST, "BadRequest", message),
+            }
         };
         let found = self.runtime.list().await.ok().and_then(|sandboxes| {
             sandboxes
