@@ -11,8 +11,30 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::{Metadata, Resource};
 
 use super::expectations::Expectations;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Patch};
 use crate::runtime::events::{EventType, Recorder};
+
+/// Merges `metadata` (owner references, finalizers) into `pod`'s, as a
+/// compare-and-set on the resourceVersion it was read at: the pod as
+/// written, or `None` when it is gone.
+pub async fn patch_metadata(
+    client: &Client,
+    pod: &Pod,
+    mut metadata: serde_json::Value,
+) -> Result<Option<Pod>, ClientError> {
+    metadata["resourceVersion"] = serde_json::json!(pod.metadata.resource_version);
+    let patch = serde_json::json!({ "metadata": metadata });
+    let namespace = pod.metadata.namespace.as_deref();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match client
+        .patch::<Pod>(namespace, name, None, Patch::Merge, &patch)
+        .await
+    {
+        Ok(pod) => Ok(Some(pod)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
+    }
+}
 
 /// Who creates pods, for [`create_in_batches`].
 #[derive(Clone, Copy, Debug)]

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::expectations::Expectations;
 use super::pods::{self, deletion_order, from_template, is_active};
-use crate::client::{Client, ClientError, DeleteOptions, Patch};
+use crate::client::{Client, ClientError, DeleteOptions};
 use crate::runtime::events::{EventType, Recorder};
 use crate::runtime::{
     Action, Event, Informer, Queue, controller_of, controller_reference, key_of, selects, split_key,
@@ -294,21 +294,7 @@ impl ReplicaSetController {
     ) -> Result<Option<Pod>, ClientError> {
         let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
         change(&mut refs);
-        let patch = json!({"metadata": {
-            "ownerReferences": refs,
-            "resourceVersion": pod.metadata.resource_version,
-        }});
-        let key = key_of(&pod.metadata);
-        let (namespace, name) = split_key(&key);
-        match self
-            .client
-            .patch::<Pod>(namespace, name, None, Patch::Merge, &patch)
-            .await
-        {
-            Ok(pod) => Ok(Some(pod)),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
+        pods::patch_metadata(&self.client, pod, json!({"ownerReferences": refs})).await
     }
 
     /// Creates or deletes pods to reach `spec.replicas`. On failure, the

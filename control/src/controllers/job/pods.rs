@@ -98,22 +98,8 @@ impl JobController {
         if track {
             finalizers.push(state::TRACKING_FINALIZER.to_owned());
         }
-        let patch = json!({"metadata": {
-            "ownerReferences": refs,
-            "finalizers": finalizers,
-            "resourceVersion": pod.metadata.resource_version,
-        }});
-        let key = key_of(&pod.metadata);
-        let (namespace, name) = split_key(&key);
-        match self
-            .client
-            .patch::<Pod>(namespace, name, None, Patch::Merge, &patch)
-            .await
-        {
-            Ok(pod) => Ok(Some(pod)),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
+        let metadata = json!({"ownerReferences": refs, "finalizers": finalizers});
+        crate::controllers::pods::patch_metadata(&self.client, pod, metadata).await
     }
 
     /// Creates pods, in slow-start batches (1, 2, 4, …) so that a template
