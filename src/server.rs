@@ -69,6 +69,11 @@ pub(crate) struct ServerArgs {
     /// proposed.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
+    /// Deliberately broken: serve linearizable reads from this member's
+    /// own state without confirming leadership (stale reads from a cut-off
+    /// member). Exists only so the chaos suite can show it catches it.
+    #[arg(long, hide = true)]
+    unsafe_stale_reads: bool,
     /// Token that makes this cluster's IDs unique.
     #[arg(
         long,
@@ -482,6 +487,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
         election_timeout: Duration::from_millis(args.election_timeout),
         snapshot_count: args.snapshot_count,
+        unsafe_stale_reads: args.unsafe_stale_reads,
         initial_cluster_token: args.initial_cluster_token.clone(),
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,

@@ -77,6 +77,9 @@ pub struct MemberConfig {
     pub watch_buffer_events: usize,
     /// Applied entries after which a new snapshot is taken (and the log purged behind it).
     pub snapshot_count: u64,
+    /// Deliberately broken: linearizable reads skip the read index and
+    /// answer from this member's state (for testing the chaos checkers).
+    pub unsafe_stale_reads: bool,
     pub store: StoreConfig,
 }
 
@@ -98,6 +101,7 @@ impl Default for MemberConfig {
             progress_notify_interval: Duration::from_secs(600),
             watch_buffer_events: 65_536,
             snapshot_count: 10_000,
+            unsafe_stale_reads: false,
             store: StoreConfig::default(),
         }
     }
@@ -544,7 +548,15 @@ impl Node {
                     }) => {
                         let mut client =
                             self.peers.client(id, &member).map_err(|_| Error::Timeout)?;
-                        let index = match client.read_index(pb::ReadIndexRequest {}).await {
+                        // A read is safe to ask again: if another member
+                        // leads before the old leader answers, ask it.
+                        let asked = client.read_index(pb::ReadIndexRequest {});
+                        let replaced = self.proposer.wait_for_leader_change(id, deadline);
+                        let answer = tokio::select! {
+                            answer = asked => answer,
+                            Ok(()) = replaced => continue,
+                        };
+                        let index = match answer {
                             Ok(response) => response.into_inner().index,
                             // The leader's own refusal.
                             Err(status) if status.message().starts_with("etcdserver:") => {

@@ -248,14 +248,27 @@ impl Proposer {
                 match self.write(proposal).await {
                     Err(Error::NotLeader {
                         leader: Some((id, member)),
-                    }) => match self.forward(id, &member, commands.clone()).await {
-                        // The leader is gone: wait for the next one, as
-                        // etcd's proposals wait, rather than fail at once.
-                        Err(Error::LeaderUnreachable { leader }) => {
-                            self.wait_for_leader_change(leader, deadline).await?
+                    }) => {
+                        let forwarded = self.forward(id, &member, commands.clone());
+                        // A leader cut off or stopped holds the forwarded
+                        // batch (and every write queued behind it) until
+                        // the deadline: once another member leads, give up
+                        // on it, as etcd fails proposals in flight when the
+                        // leader changes. Whether they were applied is not
+                        // known, so they are not sent again.
+                        let replaced = self.wait_for_leader_change(id, deadline);
+                        tokio::select! {
+                            outcome = forwarded => match outcome {
+                                // The leader is gone: wait for the next one, as
+                                // etcd's proposals wait, rather than fail at once.
+                                Err(Error::LeaderUnreachable { leader }) => {
+                                    self.wait_for_leader_change(leader, deadline).await?
+                                }
+                                outcome => return outcome,
+                            },
+                            Ok(()) = replaced => return Err(Error::LeaderChanged),
                         }
-                        outcome => return outcome,
-                    },
+                    }
                     Err(Error::NotLeader { leader: None }) => {
                         self.wait_for_leader(deadline).await?
                     }

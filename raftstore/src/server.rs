@@ -7,6 +7,7 @@
 //! and watch streams end, the background tasks and the peer endpoint stop,
 //! then Raft.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -92,7 +93,13 @@ pub async fn run(
                     )
                 }),
             )
-            .route("/health", get(health));
+            .route(
+                "/health",
+                get({
+                    let node = node.clone();
+                    move |query: axum::extract::RawQuery| health(node.clone(), query)
+                }),
+            );
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, router)
@@ -158,10 +165,44 @@ pub async fn run(
 }
 
 /// etcd's `/health` answer; a lone member is healthy while it serves.
-async fn health() -> impl axum::response::IntoResponse {
+/// How long `/health` waits for the leader to confirm a read.
+const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// etcd's `/health`: healthy when the member knows a leader and (unless
+/// `?serializable=true`) a linearizable read completes within a second,
+/// so a member cut off from the majority reports itself unhealthy even
+/// while it still believes it leads.
+async fn health(
+    node: Arc<Node>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> impl axum::response::IntoResponse {
+    let serializable = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|pair| pair == "serializable=true"));
+    let reason = if node.leader() == 0 {
+        Some("RAFT NO LEADER")
+    } else if serializable {
+        None
+    } else {
+        match tokio::time::timeout(HEALTH_READ_TIMEOUT, node.linearizable_barrier()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) | Err(_) => Some("QGET ERROR"),
+        }
+    };
+    let (status, body) = match reason {
+        None => (
+            axum::http::StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_owned(),
+        ),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":"{reason}"}}"#),
+        ),
+    };
     (
+        status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        r#"{"health":"true","reason":""}"#,
+        body,
     )
 }
 

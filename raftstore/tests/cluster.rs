@@ -5,6 +5,9 @@
 // Test scaffolding: a failed setup step fails the test with its panic.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code, reason = "uses part of the shared harness")]
+mod support;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +30,8 @@ struct Slot {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Where `/health` answers.
+    metrics: SocketAddr,
     dir: PathBuf,
     running: Option<(CancellationToken, JoinHandle<Result<(), ServeError>>)>,
 }
@@ -53,12 +58,18 @@ impl Cluster {
                 .unwrap()
                 .local_addr()
                 .unwrap();
+            let metrics = TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap()
+                .local_addr()
+                .unwrap();
             let name = format!("m{i}");
             slots.push(Slot {
                 dir: dir.path().join(&name),
                 name,
                 client,
                 peer,
+                metrics,
                 running: None,
             });
         }
@@ -93,7 +104,7 @@ impl Cluster {
         let listeners = Listeners {
             client: TcpListener::bind(slot.client).await.unwrap(),
             peer: Some(TcpListener::bind(slot.peer).await.unwrap()),
-            metrics: None,
+            metrics: Some(TcpListener::bind(slot.metrics).await.unwrap()),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(config, listeners, None, stop.clone()));
@@ -263,8 +274,22 @@ async fn without_a_quorum_writes_fail_with_etcds_errors_then_recover() {
     let leader = cluster.leader(&[0, 1, 2]).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     cluster.put_eventually(leader, "k", "v1").await;
+    let (status, body) = support::http_get(cluster.slots[leader].metrics, "/health").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     cluster.down(others[0]).await;
     cluster.down(others[1]).await;
+
+    // Cut off from the majority, the old leader says so on `/health`, as
+    // etcd does: a load balancer in front of the members stops using it.
+    let (status, body) = support::http_get(cluster.slots[leader].metrics, "/health").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(body.contains(r#""health":"false""#), "{body}");
+    let (status, _) =
+        support::http_get(cluster.slots[leader].metrics, "/health?serializable=true").await;
+    assert!(
+        ["HTTP/1.1 200 OK", "HTTP/1.1 503 Service Unavailable"].contains(&status.as_str()),
+        "{status}"
+    );
 
     let refused = tokio::time::timeout(DEADLINE, cluster.put(leader, "k", "v2"))
         .await

@@ -34,7 +34,7 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
         validate::range(&request)?;
-        if !request.serializable {
+        if !request.serializable && !self.node.config().unsafe_stale_reads {
             self.node.linearizable_barrier().await?;
         }
         let mut response = self.node.store().range(&request)?;
