@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod chaos;
 mod image;
 mod local;
 mod server;
@@ -96,6 +97,10 @@ enum Command {
     /// Measure a component under load.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inject faults into clusters started for the purpose while workloads
+    /// run, and check what they recorded (linearizability, watches, leases,
+    /// workloads); exits non-zero on any violation or lost write.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
             Command::Image(command) => image::run(command),
             Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,
+            Command::Chaos(args) => chaos::run(args).await,
             Command::Tunnel(args) => tunnel::run(args).await,
             Command::Up(args) => local::up(*args).await,
             Command::Status(args) => local::status(args).await,

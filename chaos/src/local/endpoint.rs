@@ -13,7 +13,11 @@
 //! connection sticks to the member it was given; when that member dies the
 //! client reconnects (kubectl retries, watches are re-established) and lands
 //! on another. A member that is stopped (SIGSTOP) still accepts TCP in its
-//! kernel but no longer answers `/health`, so it is skipped.
+//! kernel but no longer answers `/health`, so it is skipped; one that is
+//! cut off from the majority answers it with 503 (no leader, or no read
+//! confirmed by one). Whenever a member fails a check, the connections it
+//! holds are closed, as a load balancer's `shutdown-sessions` does, so
+//! long-lived clients (agents, watches) move too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const CHECK_PERIOD: Duration = Duration::from_millis(500);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Above the member's own one-second wait for a confirmed read.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One member behind the endpoint.
@@ -36,6 +41,10 @@ pub struct Backend {
     /// Where its plain-HTTP `/health` answers.
     pub health: SocketAddr,
     healthy: AtomicBool,
+    /// Counts the member's failed checks; connections to it close on the
+    /// next one (also those made while every member was failing, so they
+    /// move as soon as another member is healthy again).
+    falls: tokio::sync::watch::Sender<u64>,
 }
 
 impl Backend {
@@ -45,6 +54,17 @@ impl Backend {
             health,
             // Until the first check says otherwise.
             healthy: AtomicBool::new(true),
+            falls: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            tracing::info!(member = %self.api, healthy, "member health changed");
+        }
+        if !healthy {
+            self.falls.send_modify(|n| *n += 1);
         }
     }
 }
@@ -86,10 +106,7 @@ pub async fn serve(listener: TcpListener, backends: Vec<Backend>, shutdown: Canc
                 let checks = backends.iter().map(|b| answers(b.health));
                 let results = futures::future::join_all(checks).await;
                 for (backend, healthy) in backends.iter().zip(results) {
-                    let was = backend.healthy.swap(healthy, Ordering::Relaxed);
-                    if was != healthy {
-                        tracing::info!(member = %backend.api, healthy, "member health changed");
-                    }
+                    backend.set_healthy(healthy);
                 }
             }
         })
@@ -108,12 +125,16 @@ pub async fn serve(listener: TcpListener, backends: Vec<Backend>, shutdown: Canc
         let backends = backends.clone();
         let preferred = preferred.clone();
         tokio::spawn(async move {
-            let Some(mut upstream) = connect(&backends, &preferred).await else {
+            let Some((i, mut upstream)) = connect(&backends, &preferred).await else {
                 tracing::warn!(%peer, "no member accepted the connection");
                 return;
             };
+            let mut falls = backends[i].falls.subscribe();
             let mut client = client;
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = falls.changed() => {}
+            }
         });
     }
     checker.abort();
@@ -121,7 +142,7 @@ pub async fn serve(listener: TcpListener, backends: Vec<Backend>, shutdown: Canc
 
 /// A connection to the preferred member if it is healthy, else to the next
 /// healthy one, else to any that accepts.
-async fn connect(backends: &[Backend], preferred: &AtomicUsize) -> Option<TcpStream> {
+async fn connect(backends: &[Backend], preferred: &AtomicUsize) -> Option<(usize, TcpStream)> {
     let n = backends.len();
     let start = preferred.load(Ordering::Relaxed) % n.max(1);
     let order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
@@ -140,9 +161,9 @@ async fn connect(backends: &[Backend], preferred: &AtomicUsize) -> Option<TcpStr
             if preferred.swap(i, Ordering::Relaxed) != i {
                 tracing::info!(member = %backends[i].api, "forwarding to another member");
             }
-            return Some(stream);
+            return Some((i, stream));
         }
-        backends[i].healthy.store(false, Ordering::Relaxed);
+        backends[i].set_healthy(false);
     }
     None
 }
@@ -218,5 +239,26 @@ mod tests {
         });
         assert!(answers(address).await);
         assert!(!answers(address).await);
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_member_that_turns_unhealthy_are_closed() {
+        let (live, _task) = echo_server().await;
+        let backends = vec![Backend::new(live, live)];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        // The echo server never answers `/health` with a 200, so the first
+        // check marks it down and closes the connection made before it.
+        let mut stream = TcpStream::connect(endpoint).await.unwrap();
+        let served = tokio::spawn(serve(listener, backends, shutdown.clone()));
+        stream.write_all(b"ping").await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the endpoint closes the connection");
+        assert!(closed.is_ok());
+        shutdown.cancel();
+        served.await.unwrap();
     }
 }

@@ -17,8 +17,9 @@
 //! containers and the network as a host shutdown would; the data stays, so
 //! `start` brings the same cluster back.
 
-mod command;
+pub(crate) mod command;
 pub mod endpoint;
+pub mod image;
 pub mod kubeconfig;
 pub mod net;
 pub mod prereq;
@@ -262,6 +263,11 @@ impl Local {
             .map_err(io(format!("cannot write {}", path.display())))
     }
 
+    /// The `keelson` binary the profile's processes run.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     pub fn layout(&self) -> Layout {
         Layout {
             index: self.profile.index,
@@ -288,6 +294,39 @@ impl Local {
     /// A node's agent data directory.
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.dir.join("nodes").join(name)
+    }
+
+    /// Member `i`'s network namespace.
+    pub fn member_netns(&self, i: u8) -> String {
+        self.member_port(i).netns
+    }
+
+    /// Member `i`'s etcd client URL.
+    pub fn client_url(&self, i: u8) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.layout().member_ip(i))
+    }
+
+    /// Member `i`'s peer URL.
+    pub fn peer_url(&self, i: u8) -> String {
+        format!("http://{}:{PEER_PORT}", self.layout().member_ip(i))
+    }
+
+    /// Member `i`'s store (what a lost disk loses).
+    pub fn member_store(&self, i: u8) -> PathBuf {
+        self.member_dir(i).join("store")
+    }
+
+    /// Node `name`'s network namespace and address.
+    pub fn node_netns(&self, name: &str) -> Result<(String, std::net::Ipv4Addr), LocalError> {
+        let port = self.node_port(&self.node(name)?);
+        Ok((port.netns, port.ip))
+    }
+
+    /// Starts member `i` again (after it was killed): with its data it
+    /// rejoins as it was; with none, as a new member (`existing` cluster)
+    /// the others have already added.
+    pub fn restart_member(&self, i: u8, joining: bool) -> Result<(), LocalError> {
+        self.start_member(i, joining)
     }
 
     fn member_port(&self, i: u8) -> net::Port {
@@ -352,7 +391,7 @@ impl Local {
             names.join(", ")
         ));
         for i in 1..=self.profile.servers {
-            self.start_member(i)?;
+            self.start_member(i, false)?;
         }
         self.start_endpoint()?;
         let started = Instant::now();
@@ -411,7 +450,7 @@ impl Local {
         Ok(())
     }
 
-    fn start_member(&self, i: u8) -> Result<(), LocalError> {
+    fn start_member(&self, i: u8, joining: bool) -> Result<(), LocalError> {
         let layout = self.layout();
         let ip = layout.member_ip(i);
         let peers: Vec<String> = (1..=self.profile.servers)
@@ -446,7 +485,10 @@ impl Local {
                 format!("http://{ip}:{METRICS_PORT}"),
             ),
             ("--initial-cluster", peers.join(",")),
-            ("--initial-cluster-state", "new".into()),
+            (
+                "--initial-cluster-state",
+                if joining { "existing" } else { "new" }.into(),
+            ),
             (
                 "--initial-cluster-token",
                 format!("keelson-{}", self.profile.name),

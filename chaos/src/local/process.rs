@@ -152,9 +152,11 @@ impl Processes {
     }
 
     /// Every process whose command line names `dir` (what a profile or a
-    /// node left behind: agents, shims, pause processes, servers).
+    /// node left behind: agents, shims, pause processes, servers), and
+    /// every container process an agent data directory under `dir`
+    /// recorded (their command lines are the image's and name nothing).
     pub fn under(dir: &Path) -> Vec<i32> {
-        let mut found = Vec::new();
+        let mut found = containers_under(dir);
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
@@ -185,6 +187,56 @@ impl Processes {
 
 /// Whether a command line (arguments separated by NULs) names `dir` or a
 /// path under it: `/p/nodes/a-m02` is not under `/p/nodes/a`.
+/// Pids of the live containers recorded under `dir` by agents' runtimes
+/// (`runtime/containers/ID/state/shim.json`, looked for up to three levels
+/// down), kept only while the pid is still in a pod cgroup.
+fn containers_under(dir: &Path) -> Vec<i32> {
+    let mut runtimes = Vec::new();
+    let mut level = vec![dir.to_path_buf()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for parent in level {
+            for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if entry.file_name() == "runtime" {
+                    runtimes.push(entry.path());
+                } else {
+                    next.push(entry.path());
+                }
+            }
+        }
+        level = next;
+    }
+    let mut pids = Vec::new();
+    for runtime in runtimes {
+        let containers = runtime.join("containers");
+        for entry in std::fs::read_dir(containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let shim = entry.path().join("state").join("shim.json");
+            let Ok(text) = std::fs::read(&shim) else {
+                continue;
+            };
+            let pid = serde_json::from_slice::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("pid").and_then(serde_json::Value::as_i64))
+                .and_then(|pid| i32::try_from(pid).ok());
+            let Some(pid) = pid.filter(|&pid| pid > 1) else {
+                continue;
+            };
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cgroup.contains("/keelson/pod") {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
 fn mentions(cmdline: &[u8], dir: &Path) -> bool {
     let text = String::from_utf8_lossy(cmdline);
     let needle = dir.to_string_lossy();
