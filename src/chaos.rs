@@ -26,6 +26,9 @@ pub(crate) struct ChaosArgs {
     /// How long each scenario injects faults.
     #[arg(long, default_value = "30s", value_parser = crate::server::parse_duration)]
     duration: Duration,
+    /// Runs of each scenario, with seeds SEED, SEED+1, …
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
     /// Concurrent etcd-API clients in store scenarios.
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -80,37 +83,47 @@ fn p50_p99(values: &[f64], scale: f64, digits: usize) -> String {
     }
 }
 
-/// One row per scenario, as Markdown.
-fn table(rows: &[(Scenario, Result<Outcome, String>)]) -> String {
+/// A scenario's runs.
+type Row = (Scenario, Vec<Result<Outcome, String>>);
+
+/// One row per scenario (its runs summed), as Markdown.
+fn table(rows: &[Row]) -> String {
     let mut text = String::from(
-        "| scenario | faults | operations checked | violations | acknowledged writes lost | write unavailable p50 / p99 (ms) | time to heal p50 / p99 (s) | result |\n\
-         |---|---:|---:|---:|---:|---:|---:|---|\n",
+        "| scenario | runs | faults | operations checked | violations | acknowledged writes lost | write unavailable p50 / p99 (ms) | time to heal p50 / p99 (s) | result |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
-    for (scenario, outcome) in rows {
-        let row = match outcome {
-            Ok(o) => format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                scenario.name,
-                o.windows.len(),
-                o.checked,
-                o.violations.len(),
-                o.lost.len(),
-                p50_p99(&o.unavailable_ms, 1.0, 0),
-                p50_p99(&o.heal_ms, 1000.0, 1),
-                match (&o.skipped, o.failed()) {
-                    (_, true) => "**FAILED**".to_owned(),
-                    (Some(reason), false) => format!("skipped: {reason}"),
-                    (None, false) => "ok".to_owned(),
-                }
-            ),
-            Err(error) => format!(
-                "| {} | — | — | — | — | — | — | **ERROR**: {} |",
-                scenario.name,
-                error.replace('|', "/").lines().next().unwrap_or("")
-            ),
+    for (scenario, runs) in rows {
+        let done: Vec<&Outcome> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let sum = |f: &dyn Fn(&Outcome) -> usize| done.iter().map(|o| f(o)).sum::<usize>();
+        let all = |f: &dyn Fn(&Outcome) -> &Vec<f64>| -> Vec<f64> {
+            done.iter().flat_map(|o| f(o).iter().copied()).collect()
         };
-        text.push_str(&row);
-        text.push('\n');
+        let errors: Vec<&String> = runs.iter().filter_map(|r| r.as_ref().err()).collect();
+        let result = if let Some(error) = errors.first() {
+            format!(
+                "**ERROR** ({} of {}): {}",
+                errors.len(),
+                runs.len(),
+                error.replace('|', "/").lines().next().unwrap_or("")
+            )
+        } else if done.iter().any(|o| o.failed()) {
+            "**FAILED**".to_owned()
+        } else if let Some(reason) = done.iter().find_map(|o| o.skipped.as_ref()) {
+            format!("skipped: {}", reason.replace('|', "/"))
+        } else {
+            "ok".to_owned()
+        };
+        text.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {result} |\n",
+            scenario.name,
+            runs.len(),
+            sum(&|o| o.windows.len()),
+            sum(&|o| o.checked),
+            sum(&|o| o.violations.len()),
+            sum(&|o| o.lost.len()),
+            p50_p99(&all(&|o| &o.unavailable_ms), 1.0, 0),
+            p50_p99(&all(&|o| &o.heal_ms), 1000.0, 1),
+        ));
     }
     text
 }
@@ -128,6 +141,37 @@ fn write_report(path: &PathBuf, section: &str) -> anyhow::Result<()> {
         _ => format!("{old}\n{BEGIN}\n{section}{END}\n"),
     };
     std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// One run of `scenario`, its verdict printed as it ends.
+async fn run_once(scenario: &Scenario, options: &Options) -> Result<Outcome, String> {
+    let mut progress = |line: &str| {
+        println!("* {line}");
+        let _ = std::io::stdout().flush();
+    };
+    let outcome = scenario::run(scenario, options, &mut progress)
+        .await
+        .map_err(|e| keelson_control::runtime::chain(&e));
+    match &outcome {
+        Ok(o) if o.failed() => {
+            println!("* {}: FAILED", scenario.name);
+            for violation in o.violations.iter().chain(&o.lost).take(20) {
+                println!("    {}", violation.replace('\n', "\n    "));
+            }
+            println!("  reproduce: {}", o.reproduce);
+        }
+        Ok(o) => println!(
+            "* {}: ok — {} operations checked, {} faults",
+            scenario.name,
+            o.checked,
+            o.windows.len()
+        ),
+        Err(error) => {
+            println!("* {}: ERROR {error}", scenario.name);
+            println!("  reproduce: {}", scenario::reproduce(scenario, options));
+        }
+    }
+    outcome
 }
 
 pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -156,7 +200,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs())
     });
-    let options = Options {
+    let mut options = Options {
         seed,
         duration: args.duration,
         binary: std::env::current_exe().context("cannot find the keelson binary's own path")?,
@@ -167,47 +211,32 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             ..store::Config::default()
         },
     };
+    let runs = args.runs.max(1);
     println!(
-        "* keelson chaos: {} scenario(s), seed {seed}, faults for {} s each",
+        "* keelson chaos: {} scenario(s), {runs} run(s) each from seed {seed}, faults for {} s each",
         scenarios.len(),
         args.duration.as_secs()
     );
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for scenario in scenarios {
-        let mut progress = |line: &str| {
-            println!("* {line}");
-            let _ = std::io::stdout().flush();
-        };
-        let outcome = scenario::run(&scenario, &options, &mut progress)
-            .await
-            .map_err(|e| keelson_control::runtime::chain(&e));
-        match &outcome {
-            Ok(o) if o.failed() => {
-                println!("* {}: FAILED", scenario.name);
-                for violation in o.violations.iter().chain(&o.lost).take(20) {
-                    println!("    {}", violation.replace('\n', "\n    "));
-                }
-                println!("  reproduce: {}", o.reproduce);
-            }
-            Ok(o) => println!(
-                "* {}: ok — {} operations checked, {} faults",
-                scenario.name,
-                o.checked,
-                o.windows.len()
-            ),
-            Err(error) => {
-                println!("* {}: ERROR {error}", scenario.name);
-                println!("  reproduce: {}", scenario::reproduce(&scenario, &options));
-            }
+        let mut outcomes = Vec::new();
+        for run in 0..runs {
+            options.seed = seed.wrapping_add(run);
+            outcomes.push(run_once(&scenario, &options).await);
         }
-        rows.push((scenario, outcome));
+        rows.push((scenario, outcomes));
     }
     let table = table(&rows);
     println!("\n{table}");
     if let Some(path) = &args.report {
         let command: Vec<String> = std::env::args().collect();
+        let seeds = if runs == 1 {
+            format!("seed {seed}")
+        } else {
+            format!("seeds {seed} to {}", seed.wrapping_add(runs - 1))
+        };
         let section = format!(
-            "Measured on {} with `keelson {}` (seed {seed}):\n\n{table}",
+            "Measured on {} with `keelson {}` ({seeds}):\n\n{table}",
             chrono::Utc::now().format("%Y-%m-%d"),
             command
                 .iter()
@@ -221,7 +250,10 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     let failed: Vec<&str> = rows
         .iter()
-        .filter(|(_, o)| o.as_ref().map_or(true, Outcome::failed))
+        .filter(|(_, runs)| {
+            runs.iter()
+                .any(|o| o.as_ref().map_or(true, Outcome::failed))
+        })
         .map(|(s, _)| s.name)
         .collect();
     if !failed.is_empty() {

@@ -28,6 +28,8 @@ use crate::rng::Rng;
 use crate::store::channel;
 
 const CHAIN: &str = "KEELSON-CHAOS";
+/// The share of packets between members `packet-loss` drops (each way).
+const LOSS: f64 = 0.2;
 
 /// A fault a scenario can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +47,7 @@ pub enum Fault {
     IsolateFollower,
     /// Two members cannot see each other; both still see the third.
     Bridge,
-    /// A third of the packets between members dropped.
+    /// A fifth of the packets between members dropped, each way.
     PacketLoss,
     /// 50–150 ms on every packet between members (needs sch_netem).
     Delay,
@@ -287,7 +289,7 @@ pub async fn inject(
             let mut touched = Vec::new();
             for i in 1..=local.profile.servers {
                 let netns = local.member_netns(i);
-                block(&netns, &member_ips(local, i), Some(0.33)).await?;
+                block(&netns, &member_ips(local, i), Some(LOSS)).await?;
                 touched.push(netns);
             }
             Ok(injected("every member".into(), Undo::Unblock(touched)))
@@ -308,9 +310,15 @@ pub async fn inject(
                     for netns in &touched {
                         let _ = undelay(netns).await;
                     }
+                    let error = error.to_string();
+                    let reason = if error.contains("qdisc kind is unknown") {
+                        "the kernel has no sch_netem".to_owned()
+                    } else {
+                        format!("tc netem: {error}")
+                    };
                     return Err(FaultError::Unsupported {
                         fault: fault.name(),
-                        reason: format!("tc netem: {error}"),
+                        reason,
                     });
                 }
                 touched.push(netns);
@@ -387,6 +395,39 @@ async fn replace(local: &Local, leader: u8, i: u8) -> Result<(), FaultError> {
     Ok(())
 }
 
+/// Waits until member `i` has applied what the leader had committed when
+/// the wait began.
+async fn caught_up(local: &Local, i: u8, within: Duration) -> Result<(), FaultError> {
+    let deadline = Instant::now() + within;
+    let status = |m: u8| async move {
+        let channel = channel(&local.client_url(m), Duration::from_secs(2)).ok()?;
+        let status = MaintenanceClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .ok()?;
+        Some(status.into_inner())
+    };
+    let mut target = None;
+    while Instant::now() < deadline {
+        if target.is_none() {
+            let leader = leader(local, Duration::from_secs(5)).await.ok();
+            if let Some(leader) = leader {
+                target = status(leader).await.map(|s| s.raft_index);
+            }
+        }
+        if let (Some(target), Some(member)) = (target, status(i).await)
+            && member.raft_applied_index >= target
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(FaultError::Cluster(format!(
+        "{} did not catch up with the leader within {within:?}",
+        Local::member_name(i)
+    )))
+}
+
 /// Undoes what [`inject`] did.
 pub async fn heal(local: &Local, injected: Injected) -> Result<(), FaultError> {
     match injected.undo {
@@ -408,7 +449,12 @@ pub async fn heal(local: &Local, injected: Injected) -> Result<(), FaultError> {
                 undelay(&netns).await?;
             }
         }
-        Undo::Rejoin(i) => local.restart_member(i, true)?,
+        Undo::Rejoin(i) => {
+            local.restart_member(i, true)?;
+            // Membership changes one at a time: the next replacement must
+            // not leave a quorum that counts a member still catching up.
+            caught_up(local, i, Duration::from_secs(60)).await?;
+        }
         Undo::StartAgent(node) => local.start_node(&node, &mut |_| {}).await?,
     }
     Ok(())

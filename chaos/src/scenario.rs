@@ -103,7 +103,7 @@ pub fn all() -> Vec<Scenario> {
         ),
         store(
             "packet-loss",
-            "a third of the packets between members dropped",
+            "a fifth of the packets between members dropped, each way",
             &[PacketLoss],
             false,
         ),

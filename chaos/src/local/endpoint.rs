@@ -15,9 +15,11 @@
 //! on another. A member that is stopped (SIGSTOP) still accepts TCP in its
 //! kernel but no longer answers `/health`, so it is skipped; one that is
 //! cut off from the majority answers it with 503 (no leader, or no read
-//! confirmed by one). Whenever a member fails a check, the connections it
+//! confirmed by one). A member is unhealthy after two failed checks in a
+//! row; while it is and another member is healthy, the connections it
 //! holds are closed, as a load balancer's `shutdown-sessions` does, so
-//! long-lived clients (agents, watches) move too.
+//! long-lived clients (agents, watches) move too — also those made to it
+//! while no member was healthy, once one is again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,9 +43,10 @@ pub struct Backend {
     /// Where its plain-HTTP `/health` answers.
     pub health: SocketAddr,
     healthy: AtomicBool,
-    /// Counts the member's failed checks; connections to it close on the
-    /// next one (also those made while every member was failing, so they
-    /// move as soon as another member is healthy again).
+    /// Failed checks in a row.
+    failures: AtomicUsize,
+    /// Bumped each round the member is unhealthy while another is healthy:
+    /// connections to it close.
     falls: tokio::sync::watch::Sender<u64>,
 }
 
@@ -54,8 +57,20 @@ impl Backend {
             health,
             // Until the first check says otherwise.
             healthy: AtomicBool::new(true),
+            failures: AtomicUsize::new(0),
             falls: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Records a check; a second failure in a row makes the member unhealthy.
+    fn checked(&self, answered: bool) {
+        let failures = if answered {
+            self.failures.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        self.set_healthy(failures < UNHEALTHY_AFTER);
     }
 
     fn set_healthy(&self, healthy: bool) {
@@ -63,9 +78,24 @@ impl Backend {
         if was != healthy {
             tracing::info!(member = %self.api, healthy, "member health changed");
         }
-        if !healthy {
-            self.falls.send_modify(|n| *n += 1);
-        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Failed checks in a row that make a member unhealthy.
+const UNHEALTHY_AFTER: usize = 2;
+
+/// Closes the connections of every unhealthy member, if some member is
+/// healthy (with none, there is nowhere better for them to go).
+fn move_off_unhealthy(backends: &[Backend]) {
+    if !backends.iter().any(Backend::is_healthy) {
+        return;
+    }
+    for backend in backends.iter().filter(|b| !b.is_healthy()) {
+        backend.falls.send_modify(|n| *n += 1);
     }
 }
 
@@ -105,9 +135,10 @@ pub async fn serve(listener: TcpListener, backends: Vec<Backend>, shutdown: Canc
                 }
                 let checks = backends.iter().map(|b| answers(b.health));
                 let results = futures::future::join_all(checks).await;
-                for (backend, healthy) in backends.iter().zip(results) {
-                    backend.set_healthy(healthy);
+                for (backend, answered) in backends.iter().zip(results) {
+                    backend.checked(answered);
                 }
+                move_off_unhealthy(&backends);
             }
         })
     };
@@ -148,12 +179,8 @@ async fn connect(backends: &[Backend], preferred: &AtomicUsize) -> Option<(usize
     let order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
     let healthy_first = order
         .iter()
-        .filter(|i| backends[**i].healthy.load(Ordering::Relaxed))
-        .chain(
-            order
-                .iter()
-                .filter(|i| !backends[**i].healthy.load(Ordering::Relaxed)),
-        );
+        .filter(|i| backends[**i].is_healthy())
+        .chain(order.iter().filter(|i| !backends[**i].is_healthy()));
     for &i in healthy_first {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backends[i].api));
         if let Ok(Ok(stream)) = attempt.await {
@@ -241,15 +268,31 @@ mod tests {
         assert!(!answers(address).await);
     }
 
+    /// Answers every request with 200.
+    async fn healthy_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 256];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+            }
+        });
+        address
+    }
+
     #[tokio::test]
-    async fn connections_to_a_member_that_turns_unhealthy_are_closed() {
-        let (live, _task) = echo_server().await;
-        let backends = vec![Backend::new(live, live)];
+    async fn connections_to_a_member_that_turns_unhealthy_move_to_a_healthy_one() {
+        let (echo, _task) = echo_server().await;
+        let healthy = healthy_server().await;
+        // The first member echoes but never answers `/health` with a 200;
+        // the second is healthy. The first connection goes to the first
+        // (healthy until checked), and is closed once two checks failed.
+        let backends = vec![Backend::new(echo, echo), Backend::new(echo, healthy)];
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        // The echo server never answers `/health` with a 200, so the first
-        // check marks it down and closes the connection made before it.
         let mut stream = TcpStream::connect(endpoint).await.unwrap();
         let served = tokio::spawn(serve(listener, backends, shutdown.clone()));
         stream.write_all(b"ping").await.unwrap();
