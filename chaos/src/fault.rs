@@ -408,6 +408,7 @@ async fn caught_up(local: &Local, i: u8, within: Duration) -> Result<(), FaultEr
         Some(status.into_inner())
     };
     let mut target = None;
+    let mut seen = None;
     while Instant::now() < deadline {
         if target.is_none() {
             let leader = leader(local, Duration::from_secs(5)).await.ok();
@@ -415,16 +416,20 @@ async fn caught_up(local: &Local, i: u8, within: Duration) -> Result<(), FaultEr
                 target = status(leader).await.map(|s| s.raft_index);
             }
         }
-        if let (Some(target), Some(member)) = (target, status(i).await)
-            && member.raft_applied_index >= target
+        let member = status(i).await;
+        seen = member.as_ref().map(|m| m.raft_applied_index);
+        if let (Some(target), Some(applied)) = (target, seen)
+            && applied >= target
         {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(FaultError::Cluster(format!(
-        "{} did not catch up with the leader within {within:?}",
-        Local::member_name(i)
+        "{} did not catch up with the leader within {within:?} (leader's index {}, the member's {})",
+        Local::member_name(i),
+        target.map_or("unknown".into(), |t| t.to_string()),
+        seen.map_or("not answering".into(), |s| format!("applied {s}")),
     )))
 }
 

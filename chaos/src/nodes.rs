@@ -578,14 +578,33 @@ pub(crate) async fn run(
             .push("web did not return to 3 ready replicas".into());
     }
     if scenario.name == "rolling-update" {
-        let deployment: Deployment = client.get(Some(NAMESPACE), "web").await.map_err(setup)?;
-        let status = deployment.status.unwrap_or_default();
-        if status.updated_replicas != Some(WEB_REPLICAS as i32)
-            || status.ready_replicas != Some(WEB_REPLICAS as i32)
-            || status.replicas != Some(WEB_REPLICAS as i32)
+        // The last rollout may still be under way: wait for it to finish,
+        // as `kubectl rollout status` does.
+        let want = Some(WEB_REPLICAS as i32);
+        let started = Instant::now();
+        let mut status = Default::default();
+        while started.elapsed() < HEAL_WITHIN {
+            if let Ok(deployment) = client.get::<Deployment>(Some(NAMESPACE), "web").await {
+                let generation = deployment.metadata.generation;
+                status = deployment.status.unwrap_or_default();
+                if status.observed_generation >= generation
+                    && status.updated_replicas == want
+                    && status.ready_replicas == want
+                    && status.replicas == want
+                {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let status: k8s_openapi::api::apps::v1::DeploymentStatus = status;
+        if status.updated_replicas != want
+            || status.ready_replicas != want
+            || status.replicas != want
         {
             outcome.violations.push(format!(
-                "after the rollout web has {} replicas, {} updated, {} ready (want {WEB_REPLICAS} each)",
+                "{} s after the run web has {} replicas, {} updated, {} ready (want {WEB_REPLICAS} each)",
+                HEAL_WITHIN.as_secs(),
                 status.replicas.unwrap_or(0),
                 status.updated_replicas.unwrap_or(0),
                 status.ready_replicas.unwrap_or(0)

@@ -296,6 +296,20 @@ pub async fn run(
         }
     }
     .await;
+    let failed = outcome.as_ref().map_or(true, Outcome::failed);
+    if failed && !options.keep {
+        // What the processes logged outlives the cluster.
+        let kept = std::env::temp_dir()
+            .join("keelson-chaos-logs")
+            .join(format!("{}-{}", scenario.name, options.seed));
+        if copy_logs(&local.dir.join("logs"), &kept).is_ok() {
+            progress(&format!(
+                "{}: logs kept in {}",
+                scenario.name,
+                kept.display()
+            ));
+        }
+    }
     if options.keep {
         progress(&format!(
             "{}: kept; `keelson delete -p {name}` removes it",
@@ -307,6 +321,15 @@ pub async fn run(
     let mut outcome = outcome?;
     outcome.reproduce = reproduce(scenario, options);
     Ok(outcome)
+}
+
+fn copy_logs(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// The fault schedule: quiet, fault, hold, heal — until `duration` is up.
