@@ -173,6 +173,18 @@ impl std::fmt::Debug for Node {
 
 const META_MEMBER: &str = "member";
 
+/// How long a member left out of the membership waits for an entry that
+/// puts it back before it concludes it was removed.
+const REMOVAL_GRACE: Duration = Duration::from_secs(3);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Node {
     /// Opens the member's store and starts its Raft. A member of a new
     /// cluster that has never run proposes the founding membership.
@@ -292,6 +304,8 @@ impl Node {
         let mut was_leader = false;
         let mut leader = None;
         let mut was_member = false;
+        // When this member first saw itself left out of the membership.
+        let mut left_out: Option<Instant> = None;
         loop {
             let (is_leader, current_leader, is_member) = {
                 let m = metrics.borrow_and_update();
@@ -327,15 +341,26 @@ impl Node {
             metrics::gauge!("etcd_server_is_leader").set(f64::from(u8::from(is_leader)));
             metrics::gauge!("etcd_server_has_leader")
                 .set(f64::from(u8::from(current_leader.is_some())));
-            // A leader removing itself finishes the change (and steps down) first.
+            // A leader removing itself finishes the change (and steps down)
+            // first. A member added again under the same ID (its peer URL's)
+            // replays the log from the start, old removal included, and
+            // then its own re-addition: it stops only if it stays left out,
+            // receiving nothing that puts it back.
             if was_member && !is_member && !is_leader {
-                tracing::warn!("this member was removed from the cluster; stopping");
-                stop.cancel();
+                let since = *left_out.get_or_insert_with(Instant::now);
+                if since.elapsed() >= REMOVAL_GRACE {
+                    tracing::warn!("this member was removed from the cluster; stopping");
+                    stop.cancel();
+                }
+            } else {
+                left_out = None;
             }
             was_member |= is_member;
+            let recheck = left_out.map(|since| since + REMOVAL_GRACE);
             tokio::select! {
                 () = stop.cancelled() => break,
                 changed = metrics.changed() => if changed.is_err() { break },
+                () = sleep_until_some(recheck) => {}
             }
         }
     }
