@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::check::linearizability::check_kv;
+use crate::check::kv::check_kv;
 use crate::check::watch::{self, WatchReport};
 use crate::fault::{self, Fault, FaultError};
 use crate::local::{Local, LocalError, Options as ProfileOptions};

@@ -31,7 +31,8 @@ use keelson_proto::etcdserverpb::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::check::linearizability::{KvInput, KvOutput, Operation};
+use crate::check::kv::{KvInput, KvOutput};
+use crate::check::linearizability::Operation;
 use crate::rng::Rng;
 
 /// Every key the workload writes is under this prefix.
