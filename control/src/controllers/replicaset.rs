@@ -90,14 +90,7 @@ impl ReplicaSetController {
 
     /// The ReplicaSet that controls `pod`, if it is in the cache.
     fn owner_of(&self, pod: &Pod) -> Option<Arc<ReplicaSet>> {
-        let reference = controller_of(&pod.metadata)?;
-        if reference.kind != "ReplicaSet" {
-            return None;
-        }
-        let set = self
-            .sets
-            .get_in(pod.metadata.namespace.as_deref(), &reference.name)?;
-        (set.metadata.uid.as_deref() == Some(reference.uid.as_str())).then_some(set)
+        self.sets.controller_of(&pod.metadata)
     }
 
     /// Every ReplicaSet whose selector matches an orphan pod: one may adopt it.

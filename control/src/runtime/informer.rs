@@ -101,6 +101,17 @@ impl<K: Resource + Object> Default for Informer<K> {
 }
 
 impl<K: Resource + Object> Informer<K> {
+    /// The cached object of this kind that controls the object with
+    /// metadata `meta` (its controller reference names it, uid included).
+    pub fn controller_of(&self, meta: &ObjectMeta) -> Option<Arc<K>> {
+        let reference = super::controller_of(meta)?;
+        if reference.kind != K::KIND {
+            return None;
+        }
+        let owner = self.get_in(meta.namespace.as_deref(), &reference.name)?;
+        (owner.meta().uid.as_deref() == Some(reference.uid.as_str())).then_some(owner)
+    }
+
     /// A cache of every `K` (those `field_selector` selects, if given).
     pub fn new(field_selector: Option<String>) -> Self {
         Self::at(

@@ -204,14 +204,7 @@ impl JobController {
 
     /// The Job that controls `pod`, if it is in the cache.
     fn owner_of(&self, pod: &Pod) -> Option<Arc<Job>> {
-        let reference = controller_of(&pod.metadata)?;
-        if reference.kind != "Job" {
-            return None;
-        }
-        let job = self
-            .jobs
-            .get_in(pod.metadata.namespace.as_deref(), &reference.name)?;
-        (job.metadata.uid.as_deref() == Some(reference.uid.as_str())).then_some(job)
+        self.jobs.controller_of(&pod.metadata)
     }
 
     /// Every Job whose selector matches an orphan pod: one may adopt it.

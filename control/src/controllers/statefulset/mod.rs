@@ -152,14 +152,7 @@ impl StatefulSetController {
 
     /// The StatefulSet that controls the object, if it is in the cache.
     fn owner_of(&self, meta: &ObjectMeta) -> Option<Arc<StatefulSet>> {
-        let reference = controller_of(meta)?;
-        if reference.kind != "StatefulSet" {
-            return None;
-        }
-        let set = self
-            .sets
-            .get_in(meta.namespace.as_deref(), &reference.name)?;
-        (set.metadata.uid.as_deref() == Some(reference.uid.as_str())).then_some(set)
+        self.sets.controller_of(meta)
     }
 
     /// Every StatefulSet whose selector matches these labels.
