@@ -5,7 +5,6 @@
 // Test scaffolding: a failed setup step fails the test with its panic.
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code, reason = "uses part of the shared harness")]
 mod support;
 
 use std::net::SocketAddr;
