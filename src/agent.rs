@@ -29,10 +29,32 @@ enum RuntimeKind {
 }
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(crate) struct AgentArgs {
-    /// Kubeconfig with the credentials to reach the API server.
-    #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
+    /// Settings from a YAML file whose keys are these flags' names (flags
+    /// on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kubeconfig with the credentials to reach the API server (instead of
+    /// joining with --server and --token).
+    #[arg(long, env = "KUBECONFIG", conflicts_with = "server")]
+    kubeconfig: Option<PathBuf>,
+    /// A member's API to join the cluster through (https://HOST:6443;
+    /// comma-separated or repeated for several). The agent asks for its
+    /// credentials with the token once, then reaches the API through a
+    /// balancer on loopback that follows every member the `kubernetes`
+    /// Service lists.
+    #[arg(long, env = "KEELSON_URL", value_delimiter = ',')]
+    server: Vec<String>,
+    /// The cluster's join token (from a member's DATA_DIR/token).
+    #[arg(long, env = "KEELSON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, env = "KEELSON_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The loopback port of the balancer in front of the members (with --server).
+    #[arg(long, default_value_t = 6444)]
+    lb_server_port: u16,
     /// The node's name (default: the host name).
     #[arg(long, env = "KEELSON_NODE_NAME")]
     node_name: Option<String>,
@@ -307,6 +329,130 @@ async fn remove_pods(args: &AgentArgs) -> anyhow::Result<usize> {
     Ok(sandboxes.len())
 }
 
+/// What the agent keeps of the members it may reach, for a restart while
+/// the one it joined through is down.
+const SERVERS_FILE: &str = "servers.json";
+/// How often the members are looked up in the `kubernetes` Service's endpoints.
+const SERVERS_REFRESH: Duration = Duration::from_secs(15);
+
+/// `https://HOST:PORT` → its socket addresses.
+async fn resolve(url: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let authority = url
+        .strip_prefix("https://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .with_context(|| format!("--server {url}: expected https://HOST:PORT"))?;
+    let addresses = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("--server {url}: cannot resolve {authority}"))?;
+    Ok(addresses.collect())
+}
+
+/// The agent's way in when it joins with `--server`: a balancer on
+/// loopback in front of every member, and credentials asked for with the
+/// token the first time. Returns the kubeconfig (through the balancer).
+async fn join_through_balancer(
+    args: &AgentArgs,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Kubeconfig> {
+    use keelson_control::client::balancer::{Balancer, Health};
+    let servers_file = args.data_dir.join(SERVERS_FILE);
+    let mut members: Vec<std::net::SocketAddr> = std::fs::read_to_string(&servers_file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Vec<String>>(&text).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    for url in &args.server {
+        for address in resolve(url).await? {
+            if !members.contains(&address) {
+                members.push(address);
+            }
+        }
+    }
+    let balancer = Balancer::new(Vec::new());
+    balancer.set(&members, &Health::Readyz);
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], args.lb_server_port));
+    let listener = tokio::net::TcpListener::bind(local)
+        .await
+        .with_context(|| format!("cannot listen on {local} (--lb-server-port)"))?;
+    tokio::spawn(balancer.clone().serve(listener, shutdown.clone()));
+    let through = format!("https://{local}");
+
+    let path = args.data_dir.join("kubeconfig");
+    if !path.exists() {
+        let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref())?;
+        // Through the balancer: whichever member answers issues it.
+        let joined = keelson_control::join::join_cluster(
+            &through,
+            &token,
+            serde_json::json!({"name": name, "role": "agent"}),
+        )
+        .await
+        .with_context(|| format!("cannot join the cluster through {}", args.server.join(",")))?;
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+        crate::server::write_private(&path, &joined.kubeconfig("keelson", &through))?;
+        tracing::info!(user = joined.field("user"), kubeconfig = %path.display(), "joined the cluster");
+    }
+    let kubeconfig =
+        Kubeconfig::read(&path).with_context(|| format!("the agent's {}", path.display()))?;
+    let client = Client::https(Https::new(&kubeconfig)?);
+    tokio::spawn(follow_members(
+        client,
+        balancer,
+        servers_file,
+        shutdown.clone(),
+    ));
+    Ok(kubeconfig)
+}
+
+/// Keeps the balancer's members those the `kubernetes` Service's endpoints
+/// list (every API server that is up), and remembers them on disk.
+async fn follow_members(
+    client: Client,
+    balancer: Arc<keelson_control::client::balancer::Balancer>,
+    file: PathBuf,
+    shutdown: CancellationToken,
+) {
+    use k8s_openapi::api::core::v1::Endpoints;
+    use keelson_control::client::balancer::Health;
+    loop {
+        if let Ok(endpoints) = client.get::<Endpoints>(Some("default"), "kubernetes").await {
+            let mut members: Vec<std::net::SocketAddr> = Vec::new();
+            for subset in endpoints.subsets.unwrap_or_default() {
+                let ports: Vec<i32> = subset.ports.iter().flatten().map(|p| p.port).collect();
+                for address in subset.addresses.iter().flatten() {
+                    for port in &ports {
+                        if let (Ok(ip), Ok(port)) =
+                            (address.ip.parse::<std::net::IpAddr>(), u16::try_from(*port))
+                        {
+                            members.push(std::net::SocketAddr::new(ip, port));
+                        }
+                    }
+                }
+            }
+            members.sort();
+            let mut known = balancer.addresses();
+            known.sort();
+            if !members.is_empty() && members != known {
+                balancer.set(&members, &Health::Readyz);
+                let text: Vec<String> = members.iter().map(ToString::to_string).collect();
+                if let Ok(json) = serde_json::to_string(&text)
+                    && let Err(error) = crate::server::write_private(&file, &json)
+                {
+                    tracing::warn!(%error, "cannot remember the members");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SERVERS_REFRESH) => {}
+        }
+    }
+}
+
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if args.cleanup {
         let pods = remove_pods(&args).await?;
@@ -322,8 +468,23 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let kubeconfig = Kubeconfig::read(&args.kubeconfig)
-        .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
+    let name = match args.node_name.clone() {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|n| n.trim().to_owned())
+            .context("no --node-name, and the host name cannot be read")?,
+    };
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => {
+            Kubeconfig::read(path).with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None if !args.server.is_empty() => join_through_balancer(&args, &name, &shutdown).await?,
+        None => anyhow::bail!(
+            "the agent needs a way to the API: --server https://MEMBER:6443 --token TOKEN, or --kubeconfig FILE"
+        ),
+    };
     let client = Client::https(Https::new(&kubeconfig)?);
     let (reserved_milli_cpu, reserved_memory) = parse_reserved(&args.system_reserved)?;
     let mut labels = BTreeMap::new();
@@ -333,12 +494,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--node-labels {label:?}: expected key=value"))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    let name = match args.node_name.clone() {
-        Some(name) => name,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|n| n.trim().to_owned())
-            .context("no --node-name, and the host name cannot be read")?,
-    };
     let certificate = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => {
             let read = |path: &PathBuf| {
@@ -407,8 +562,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         !config.sync_frequency.is_zero(),
         "--sync-frequency must be longer than 0s"
     );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
     if config.network.routes {
         start_node_network(&client, &config, &shutdown).await?;
     }

@@ -230,6 +230,10 @@ pub(crate) struct StatusArgs {
     /// (Prometheus' scrape targets).
     #[arg(short, long, value_parser = ["text", "json"], default_value = "text")]
     output: String,
+    /// A member's cluster instead of a local one: by its client URL
+    /// (--endpoints) or its data directory on this machine (--data-dir).
+    #[command(flatten)]
+    member: crate::admin::MemberTarget,
 }
 
 /// The status as JSON: what a scrape configuration is generated from.
@@ -267,6 +271,9 @@ fn status_json(local: &Local, all: &[local::ComponentStatus]) -> serde_json::Val
 }
 
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    if args.member.is_given() {
+        return crate::admin::status(&args.member).await;
+    }
     let profile = args.profile;
     let local = open(&profile.profile)?;
     let all = local.status().await;
@@ -485,17 +492,20 @@ pub(crate) fn load_image(files: &[PathBuf], profile: &str) -> anyhow::Result<()>
 }
 
 pub(crate) async fn endpoint(args: EndpointArgs) -> anyhow::Result<()> {
+    use keelson_control::client::balancer::{Backend, Balancer, Health};
     let mut backends = Vec::new();
     for member in &args.members {
         let (api, health) = member
             .split_once('=')
             .with_context(|| format!("--member {member:?}: expected API_ADDRESS=HEALTH_ADDRESS"))?;
-        backends.push(local::endpoint::Backend::new(
+        backends.push(Backend::new(
             api.parse()
                 .with_context(|| format!("--member {member:?}"))?,
-            health
-                .parse()
-                .with_context(|| format!("--member {member:?}"))?,
+            Health::Store(
+                health
+                    .parse()
+                    .with_context(|| format!("--member {member:?}"))?,
+            ),
         ));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -504,6 +514,6 @@ pub(crate) async fn endpoint(args: EndpointArgs) -> anyhow::Result<()> {
     tracing::info!(address = %args.listen, profile = %args.profile_dir.display(), "serving the API endpoint");
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
-    local::endpoint::serve(listener, backends, shutdown).await;
+    Balancer::new(backends).serve(listener, shutdown).await;
     Ok(())
 }

@@ -3,9 +3,11 @@
 //! Flags are parsed here and handed to the libraries' `run` functions; nothing
 //! else lives in the binary.
 
+mod admin;
 mod agent;
 mod bench;
 mod chaos;
+mod config;
 mod image;
 mod local;
 mod server;
@@ -72,8 +74,15 @@ enum Command {
     /// Start a local HA cluster: members and nodes in network namespaces of
     /// their own, kubectl configured (starts an existing profile again).
     Up(Box<local::UpArgs>),
-    /// What each component of a local cluster is doing.
+    /// What each component of a local cluster is doing; with --data-dir or
+    /// --endpoints, the control plane's members, quorum and certificates.
     Status(local::StatusArgs),
+    /// Save, check and restore snapshots of the store.
+    #[command(subcommand)]
+    Snapshot(admin::SnapshotCommand),
+    /// List the control plane's members; remove a lost one.
+    #[command(subcommand)]
+    Member(admin::MemberCommand),
     /// Local clusters.
     #[command(subcommand)]
     Profile(local::ProfileCommand),
@@ -157,7 +166,14 @@ fn init_logging(json: bool) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match config::expand(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => {
+            eprintln!("keelson: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     // These fork and clone: they run before any thread exists.
     match &cli.command {
         Command::Shim(args) => {
@@ -233,6 +249,8 @@ fn main() -> ExitCode {
             Command::Tunnel(args) => tunnel::run(args).await,
             Command::Up(args) => local::up(*args).await,
             Command::Status(args) => local::status(args).await,
+            Command::Snapshot(command) => admin::snapshot(command).await,
+            Command::Member(command) => admin::member(command).await,
             Command::Profile(command) => local::profile(command).await,
             Command::Stop(args) => local::stop(args).await,
             Command::Start(args) => local::start(args).await,

@@ -14,43 +14,77 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub(crate) struct ServerArgs {
+    /// Settings from a YAML file whose keys are these flags' names (flags
+    /// on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Human-readable name of this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
-    name: String,
+    pub(crate) name: String,
     /// Directory of this member's data (default: NAME.keelson).
     #[arg(long, env = "ETCD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// URLs to serve clients on, comma-separated (port 0 picks a free port).
+    /// Found a new cluster with this member as its first: a cluster token
+    /// is made, and the join token others use is printed and kept in
+    /// DATA_DIR/token. Ignored once the member has data.
+    #[arg(long, env = "KEELSON_CLUSTER_INIT", conflicts_with_all = ["join", "initial_cluster"])]
+    cluster_init: bool,
+    /// Join the cluster whose API a member serves at this URL
+    /// (https://HOST:6443): added as a learner, promoted once caught up.
+    /// Ignored once the member has data: it then finds its peers itself.
     #[arg(
         long,
-        env = "ETCD_LISTEN_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
+        env = "KEELSON_JOIN",
+        value_name = "URL",
+        conflicts_with = "initial_cluster"
     )]
-    listen_client_urls: Vec<String>,
-    /// Client URLs this member tells others about; a port of 0 stands for the bound port.
-    #[arg(
-        long,
-        env = "ETCD_ADVERTISE_CLIENT_URLS",
-        default_value = "http://localhost:2379",
-        value_delimiter = ','
-    )]
-    advertise_client_urls: Vec<String>,
+    join: Option<String>,
+    /// The cluster's join token (from a member's DATA_DIR/token).
+    #[arg(long, env = "KEELSON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, env = "KEELSON_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Make this (stopped) member's data a one-member cluster's, keeping
+    /// every object, then exit: the way back after the other members are
+    /// lost for good. Start it again without this flag; the others join it
+    /// anew with empty data directories.
+    #[arg(long)]
+    cluster_reset: bool,
+    /// How often this member saves a snapshot of the store (0s: never).
+    #[arg(long, env = "KEELSON_SNAPSHOT_INTERVAL", default_value = "12h", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+    /// Scheduled snapshots kept; the oldest beyond it are deleted.
+    #[arg(long, env = "KEELSON_SNAPSHOT_RETENTION", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    snapshot_retention: u32,
+    /// Where scheduled snapshots go (default DATA_DIR/snapshots).
+    #[arg(long, env = "KEELSON_SNAPSHOT_DIR")]
+    snapshot_dir: Option<PathBuf>,
+    /// The address other machines reach this member at: the URLs not given
+    /// explicitly are derived from it (clients IP:2379, peers IP:2380,
+    /// metrics IP:2381, API IP:6443).
+    #[arg(long, env = "KEELSON_ADVERTISE_ADDRESS")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// URLs to serve clients on, comma-separated (port 0 picks a free port;
+    /// default http://localhost:2379).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", value_delimiter = ',')]
+    listen_client_urls: Option<Vec<String>>,
+    /// Client URLs this member tells others about; a port of 0 stands for
+    /// the bound port (default: the listen URLs).
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Option<Vec<String>>,
     /// URLs to serve /metrics and /health on.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
-    listen_metrics_urls: Vec<String>,
+    listen_metrics_urls: Option<Vec<String>>,
     /// URLs to serve peer (Raft) traffic on. Without one the member can only be a cluster of one.
     #[arg(long, env = "ETCD_LISTEN_PEER_URLS", value_delimiter = ',')]
-    listen_peer_urls: Vec<String>,
-    /// Peer URLs this member advertises; a port of 0 stands for the bound peer port.
-    #[arg(
-        long,
-        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
-        default_value = "http://localhost:2380",
-        value_delimiter = ','
-    )]
-    initial_advertise_peer_urls: Vec<String>,
+    listen_peer_urls: Option<Vec<String>>,
+    /// Peer URLs this member advertises; a port of 0 stands for the bound
+    /// peer port (default: the listen URLs, else http://localhost:2380).
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", value_delimiter = ',')]
+    initial_advertise_peer_urls: Option<Vec<String>>,
     /// The founding members: NAME=PEER_URL,… (default: this member alone).
     #[arg(long, env = "ETCD_INITIAL_CLUSTER", value_delimiter = ',', value_parser = parse_member)]
     initial_cluster: Vec<(String, String)>,
@@ -91,13 +125,9 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     experimental_watch_progress_notify_interval: Duration,
     /// URL to serve the Kubernetes API on (port 0 picks a free port; `none`
-    /// serves no API).
-    #[arg(
-        long,
-        env = "KEELSON_LISTEN_API_URL",
-        default_value = "https://127.0.0.1:6443"
-    )]
-    listen_api_url: String,
+    /// serves no API; default https://127.0.0.1:6443).
+    #[arg(long, env = "KEELSON_LISTEN_API_URL")]
+    listen_api_url: Option<String>,
     /// The range Service ClusterIPs are taken from (the first address is the
     /// `kubernetes` Service's).
     #[arg(long, env = "KEELSON_SERVICE_CLUSTER_IP_RANGE", default_value = "10.43.0.0/16", value_parser = parse_service_range)]
@@ -148,7 +178,7 @@ pub(crate) struct ServerArgs {
     /// (a load balancer or failover endpoint in front of the members),
     /// comma-separated.
     #[arg(long, env = "KEELSON_TLS_SAN", value_delimiter = ',')]
-    tls_san: Vec<String>,
+    pub(crate) tls_san: Vec<String>,
     /// How often each HorizontalPodAutoscaler is looked at.
     #[arg(long, env = "KEELSON_HPA_SYNC_PERIOD", default_value = "15s", value_parser = parse_duration)]
     horizontal_pod_autoscaler_sync_period: Duration,
@@ -188,6 +218,7 @@ impl ServerArgs {
             cluster_name: "keelson".into(),
             service_range: self.service_cluster_ip_range,
             cluster_token: self.initial_cluster_token.clone(),
+            join_secret: None,
             controllers: self.controllers()?,
             metrics: None,
             default_tolerations: keelson_control::defaults::DefaultTolerations {
@@ -417,12 +448,326 @@ fn api_metrics(handle: PrometheusHandle) -> keelson_control::api::MetricsRender 
     }))
 }
 
+/// The URLs a member serves and advertises: the flags, or what
+/// `--advertise-address` implies, or etcd's local defaults.
+#[derive(Debug)]
+struct Urls {
+    client: Vec<String>,
+    advertise_client: Vec<String>,
+    metrics: Vec<String>,
+    peer: Vec<String>,
+    advertise_peer: Vec<String>,
+    api: String,
+}
+
+impl ServerArgs {
+    fn urls(&self) -> Urls {
+        let at = |scheme: &str, port: u16| {
+            self.advertise_address
+                .map(|ip| format!("{scheme}://{}", SocketAddr::new(ip, port)))
+        };
+        let client = self.listen_client_urls.clone().unwrap_or_else(|| {
+            vec![at("http", 2379).unwrap_or_else(|| "http://localhost:2379".into())]
+        });
+        let peer = self
+            .listen_peer_urls
+            .clone()
+            .unwrap_or_else(|| at("http", 2380).into_iter().collect());
+        Urls {
+            advertise_client: self
+                .advertise_client_urls
+                .clone()
+                .unwrap_or_else(|| client.clone()),
+            client,
+            metrics: self
+                .listen_metrics_urls
+                .clone()
+                .unwrap_or_else(|| at("http", 2381).into_iter().collect()),
+            advertise_peer: self.initial_advertise_peer_urls.clone().unwrap_or_else(|| {
+                if peer.is_empty() {
+                    vec!["http://localhost:2380".into()]
+                } else {
+                    peer.clone()
+                }
+            }),
+            peer,
+            api: self.listen_api_url.clone().unwrap_or_else(|| {
+                at("https", 6443).unwrap_or_else(|| "https://127.0.0.1:6443".into())
+            }),
+        }
+    }
+}
+
+/// How this member takes its place in a cluster.
+#[derive(Debug)]
+struct Placement {
+    initial_cluster: Vec<(String, String)>,
+    state: ClusterState,
+    cluster_token: String,
+    /// A learner that promotes itself once it has caught up.
+    promote: bool,
+    /// Founded just now: print the join token once the API has made it.
+    print_token: bool,
+}
+
+/// The file beside the store in which a member founded with
+/// `--cluster-init` or joined with `--join` keeps its cluster token and
+/// the members it started with, so it restarts without asking anyone.
+pub(crate) const CLUSTER_FILE: &str = "cluster.json";
+
+/// A new random cluster token: it seals the key Secrets are encrypted with.
+fn random_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Where `--cluster-init` or `--join` puts this member: as recorded on an
+/// earlier start, or founded, or joined through `--join`'s API now.
+async fn placement(
+    args: &ServerArgs,
+    data_dir: &std::path::Path,
+    advertise_peer: &[String],
+) -> anyhow::Result<Placement> {
+    let path = data_dir.join(CLUSTER_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let joined = saved["joined"].as_bool().unwrap_or(false);
+        return Ok(Placement {
+            initial_cluster: saved["initialCluster"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| Some((m[0].as_str()?.to_owned(), m[1].as_str()?.to_owned())))
+                .collect(),
+            state: if joined {
+                ClusterState::Existing
+            } else {
+                ClusterState::New
+            },
+            cluster_token: saved["clusterToken"]
+                .as_str()
+                .with_context(|| format!("{} has no clusterToken", path.display()))?
+                .to_owned(),
+            promote: joined,
+            print_token: false,
+        });
+    }
+    let save = |token: &str, initial: &[(String, String)], joined: bool| {
+        let text = serde_json::json!({
+            "clusterToken": token,
+            "initialCluster": initial,
+            "joined": joined,
+        });
+        write_private(&path, &format!("{text:#}\n"))
+    };
+    if args.cluster_init {
+        let token = random_token()?;
+        save(&token, &[], false)?;
+        return Ok(Placement {
+            initial_cluster: Vec::new(),
+            state: ClusterState::New,
+            cluster_token: token,
+            promote: false,
+            print_token: true,
+        });
+    }
+    let Some(server) = &args.join else {
+        bail!("neither --cluster-init nor --join");
+    };
+    if args.listen_peer_urls.is_none() && args.advertise_address.is_none() {
+        bail!(
+            "a member that joins needs an address the others reach it at: --advertise-address IP (or --listen-peer-urls)"
+        );
+    }
+    let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref())?;
+    tracing::info!(%server, "joining the cluster");
+    let joined = keelson_control::join::join_cluster(
+        server,
+        &token,
+        serde_json::json!({"name": args.name, "role": "server", "peerURLs": advertise_peer}),
+    )
+    .await
+    .with_context(|| format!("cannot join the cluster at {server}"))?;
+    let initial: Vec<(String, String)> = joined.answer["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let name = m["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .or(m["id"].as_str())?;
+            Some((name.to_owned(), m["peerURLs"][0].as_str()?.to_owned()))
+        })
+        .collect();
+    let cluster_token = joined.field("clusterToken").to_owned();
+    if cluster_token.is_empty() || initial.is_empty() {
+        bail!(
+            "{server} answered the join without the cluster's members: is it a Keelson member of this version?"
+        );
+    }
+    save(&cluster_token, &initial, true)?;
+    tracing::info!(
+        member = joined.field("memberID"),
+        members = initial.len(),
+        "added to the cluster as a learner"
+    );
+    Ok(Placement {
+        initial_cluster: initial,
+        state: ClusterState::Existing,
+        cluster_token,
+        promote: true,
+        print_token: false,
+    })
+}
+
+/// Prints the join token once the API server has written it (at
+/// `--cluster-init`), with the commands that use it.
+async fn print_token(data_dir: PathBuf, api_url: String, shutdown: CancellationToken) {
+    let path = data_dir.join("token");
+    let token = loop {
+        if let Ok(token) = std::fs::read_to_string(&path) {
+            break token.trim().to_owned();
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    println!(
+        "Cluster founded. Its join token (kept in {}):\n\n  {token}\n\nJoin a member:  keelson server --join {api_url} --token-file TOKEN_FILE --advertise-address IP\nJoin a node:    keelson agent --server {api_url} --token-file TOKEN_FILE",
+        path.display()
+    );
+}
+
+/// `--cluster-reset`: the stopped member's data becomes a one-member
+/// cluster's.
+fn cluster_reset(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use keelson_raftstore::admin;
+    let (restored, kept) = admin::reset_to_single_member(data_dir).with_context(|| {
+        format!(
+            "cannot reset {} (is the member still running? stop it first)",
+            data_dir.display()
+        )
+    })?;
+    let path = data_dir.join(CLUSTER_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let mut saved: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        saved["joined"] = serde_json::json!(false);
+        saved["initialCluster"] = serde_json::json!([]);
+        write_private(&path, &format!("{saved:#}\n"))?;
+    }
+    println!(
+        "{} is now the data of a one-member cluster: {} keys at revision {} (the previous store is kept in {}).\nStart the member again without --cluster-reset. Other members join it anew, each with an empty data directory (keelson server --join …).",
+        data_dir.display(),
+        restored.keys,
+        restored.revision,
+        kept.display()
+    );
+    Ok(())
+}
+
+/// The file in which a running member says where it serves, for the
+/// commands that operate on it (`keelson status`, `snapshot save`,
+/// `member` with `--data-dir`).
+pub(crate) const MEMBER_FILE: &str = "member.json";
+
+/// Saves a snapshot of the store at `endpoint` into `dir` every
+/// `interval`, keeping the newest `retention`.
+async fn scheduled_snapshots(
+    endpoint: String,
+    dir: PathBuf,
+    name: String,
+    interval: Duration,
+    retention: usize,
+    shutdown: CancellationToken,
+) {
+    let prefix = format!("keelson-snapshot-{name}-");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(%error, dir = %dir.display(), "cannot create the snapshot directory");
+            continue;
+        }
+        let file = dir.join(format!(
+            "{prefix}{}.db",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
+        match keelson_raftstore::admin::save_snapshot(&endpoint, &file).await {
+            Ok(info) => {
+                metrics::counter!("keelson_snapshot_save_total", "result" => "success")
+                    .increment(1);
+                tracing::info!(file = %file.display(), bytes = info.bytes, revision = info.revision, sha256 = %info.sha256, "saved a scheduled snapshot");
+            }
+            Err(error) => {
+                metrics::counter!("keelson_snapshot_save_total", "result" => "failure")
+                    .increment(1);
+                tracing::warn!(%error, "a scheduled snapshot failed");
+                continue;
+            }
+        }
+        let mut saved: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".db"))
+            })
+            .collect();
+        saved.sort();
+        let excess = saved.len().saturating_sub(retention);
+        for old in &saved[..excess] {
+            match std::fs::remove_file(old) {
+                Ok(()) => {
+                    tracing::info!(file = %old.display(), "deleted a snapshot beyond the retention")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, file = %old.display(), "cannot delete an old snapshot")
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.keelson", args.name)));
-    let api = bind_api(&args.listen_api_url).await?;
+    if args.cluster_reset {
+        return cluster_reset(&data_dir);
+    }
+    let urls = args.urls();
+    let api = bind_api(&urls.api).await?;
     // Against the given etcd, or (filled in below) this member's client port.
     let mut api_config = args.api_config(data_dir.clone(), args.etcd_servers.clone())?;
     if !args.etcd_servers.is_empty() {
@@ -435,7 +780,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         return run_api(api, api_config, shutdown).await;
     }
-    let mut clients = bind(&args.listen_client_urls).await?;
+    let mut clients = bind(&urls.client).await?;
     if clients.len() != 1 {
         bail!(
             "--listen-client-urls takes one URL for now; got {}",
@@ -444,7 +789,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let client = clients.remove(0);
     let bound = client.local_addr()?;
-    let peer = match args.listen_peer_urls.as_slice() {
+    let peer = match urls.peer.as_slice() {
         [] => None,
         [url] => bind(std::slice::from_ref(url)).await?.pop(),
         more => bail!(
@@ -452,17 +797,33 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             more.len()
         ),
     };
-    let peer_port = match &peer {
-        Some(listener) => Some(listener.local_addr()?),
-        None => None,
+    let advertise_peer = match &peer {
+        Some(listener) => advertised(&urls.advertise_peer, listener.local_addr()?),
+        None => urls.advertise_peer.clone(),
     };
-    if args.initial_cluster.len() == 2 || args.initial_cluster.len() == 4 {
-        tracing::warn!(
-            members = args.initial_cluster.len(),
-            "an even number of members tolerates no more failures than one member fewer"
-        );
-    }
-    let metrics = match args.listen_metrics_urls.as_slice() {
+    let placement =
+        if args.cluster_init || args.join.is_some() || data_dir.join(CLUSTER_FILE).exists() {
+            placement(&args, &data_dir, &advertise_peer).await?
+        } else {
+            if args.initial_cluster.len().is_multiple_of(2) && !args.initial_cluster.is_empty() {
+                tracing::warn!(
+                    members = args.initial_cluster.len(),
+                    "an even number of members tolerates no more failures than one member fewer"
+                );
+            }
+            Placement {
+                initial_cluster: args.initial_cluster.clone(),
+                state: if args.initial_cluster_state == "existing" {
+                    ClusterState::Existing
+                } else {
+                    ClusterState::New
+                },
+                cluster_token: args.initial_cluster_token.clone(),
+                promote: false,
+                print_token: false,
+            }
+        };
+    let metrics = match urls.metrics.as_slice() {
         [] => None,
         [url] => bind(std::slice::from_ref(url)).await?.pop(),
         more => bail!(
@@ -470,25 +831,39 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             more.len()
         ),
     };
+    api_config.cluster_token = placement.cluster_token.clone();
+    if args.cluster_init || args.join.is_some() {
+        api_config.join_secret = Some(placement.cluster_token.clone());
+    }
+    let advertise_client = advertised(&urls.advertise_client, bound);
+    let local = keelson_control::server::reachable(bound);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    write_private(
+        &data_dir.join(MEMBER_FILE),
+        &format!(
+            "{:#}\n",
+            serde_json::json!({
+                "name": args.name,
+                "clientURL": format!("http://{local}"),
+                "advertiseClientURLs": advertise_client,
+                "apiURL": urls.api,
+            })
+        ),
+    )?;
     let config = MemberConfig {
         data_dir: data_dir.clone(),
         name: args.name,
-        advertise_client_urls: advertised(&args.advertise_client_urls, bound),
-        initial_advertise_peer_urls: match peer_port {
-            Some(bound) => advertised(&args.initial_advertise_peer_urls, bound),
-            None => args.initial_advertise_peer_urls,
-        },
-        initial_cluster: args.initial_cluster,
-        initial_cluster_state: if args.initial_cluster_state == "existing" {
-            ClusterState::Existing
-        } else {
-            ClusterState::New
-        },
+        advertise_client_urls: advertise_client,
+        initial_advertise_peer_urls: advertise_peer,
+        initial_cluster: placement.initial_cluster,
+        initial_cluster_state: placement.state,
+        promote_when_caught_up: placement.promote,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
         election_timeout: Duration::from_millis(args.election_timeout),
         snapshot_count: args.snapshot_count,
         unsafe_stale_reads: args.unsafe_stale_reads,
-        initial_cluster_token: args.initial_cluster_token.clone(),
+        initial_cluster_token: placement.cluster_token,
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
         progress_notify_interval: args.experimental_watch_progress_notify_interval,
@@ -499,6 +874,18 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     api_config.metrics = Some(api_metrics(handle.clone()));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    if !args.snapshot_interval.is_zero() {
+        tokio::spawn(scheduled_snapshots(
+            format!("http://{local}"),
+            args.snapshot_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("snapshots")),
+            config.name.clone(),
+            args.snapshot_interval,
+            args.snapshot_retention as usize,
+            shutdown.clone(),
+        ));
+    }
     let member = async {
         let outcome = run_member(
             config,
@@ -518,8 +905,14 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let Some(api) = api else {
         return member.await;
     };
+    if placement.print_token {
+        let url = match api.local_addr() {
+            Ok(address) if !address.ip().is_unspecified() => format!("https://{address}"),
+            _ => urls.api.clone(),
+        };
+        tokio::spawn(print_token(data_dir.clone(), url, shutdown.clone()));
+    }
     // The API server reaches its store through this member's client port.
-    let local = keelson_control::server::reachable(bound);
     api_config.store_endpoints = vec![format!("http://{local}")];
     let api = async {
         let outcome = run_api(api, api_config, shutdown.clone()).await;
@@ -570,5 +963,37 @@ mod tests {
             advertised(&["http://127.0.0.1:0".into()], bound),
             ["http://127.0.0.1:4242"]
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn urls_of(args: &[&str]) -> Urls {
+        use clap::Parser;
+        let mut argv = vec!["server"];
+        argv.extend_from_slice(args);
+        Command::parse_from(argv).server.urls()
+    }
+
+    #[test]
+    fn the_advertise_address_fills_in_the_urls_not_given() {
+        let local = urls_of(&[]);
+        assert_eq!(local.client, ["http://localhost:2379"]);
+        assert!(local.peer.is_empty() && local.metrics.is_empty());
+        assert_eq!(local.api, "https://127.0.0.1:6443");
+        let machine = urls_of(&[
+            "--advertise-address",
+            "10.0.0.2",
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+        ]);
+        assert_eq!(machine.client, ["http://127.0.0.1:2379"]);
+        assert_eq!(machine.peer, ["http://10.0.0.2:2380"]);
+        assert_eq!(machine.advertise_peer, ["http://10.0.0.2:2380"]);
+        assert_eq!(machine.metrics, ["http://10.0.0.2:2381"]);
+        assert_eq!(machine.api, "https://10.0.0.2:6443");
     }
 }

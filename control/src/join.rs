@@ -17,6 +17,8 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::client::{Client, ClientError, Https, Kubeconfig, KubeconfigError};
+
 use crate::pki::ClusterCa;
 use crate::secrets::{Sealer, SecretsError};
 use crate::status::ApiError;
@@ -29,6 +31,9 @@ const SECRET_KEY: &[u8] = b"/keelson/bootstrap/secret";
 pub struct Bootstrap {
     secret: String,
     ca: ClusterCa,
+    /// The cluster token Secrets' key is sealed with (and the store's IDs
+    /// are made unique by): members that join need it.
+    cluster_token: String,
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -39,10 +44,144 @@ impl std::fmt::Debug for Bootstrap {
 
 /// Hex SHA-256 of the CA certificate, as the token carries it.
 fn ca_hash(ca: &ClusterCa) -> String {
-    Sha256::digest(ca.cert_pem.as_bytes())
+    pem_hash(&ca.cert_pem)
+}
+
+fn pem_hash(pem: &str) -> String {
+    Sha256::digest(pem.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Why joining a cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "the token is not a full join token (K10<CA hash>::keelson:<secret>): copy it from a member's DATA_DIR/token"
+    )]
+    Unpinned,
+    #[error("{server} is not an https:// URL of a member's API")]
+    BadServer {
+        server: String,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("cannot reach the cluster at {server}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error(
+        "the cluster at {server} has a CA other than the one the token names: wrong server, or a token from another cluster"
+    )]
+    WrongCa { server: String },
+    #[error("the cluster at {server} refused the join")]
+    Refused {
+        server: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the cluster at {server} answered the join with something else: {reason}")]
+    BadAnswer { server: String, reason: String },
+}
+
+/// What a cluster gave a joiner: its CA and its answer to the join
+/// (`user`, `certificate`, `key`; for a member also `memberID`, `members`
+/// and `clusterToken`).
+#[derive(Debug)]
+pub struct Joined {
+    pub ca_pem: String,
+    pub answer: Value,
+}
+
+impl Joined {
+    /// A string field of the answer.
+    pub fn field(&self, name: &str) -> &str {
+        self.answer[name].as_str().unwrap_or_default()
+    }
+
+    /// A kubeconfig for `server` with the credentials issued.
+    pub fn kubeconfig(&self, cluster: &str, server: &str) -> String {
+        crate::pki::kubeconfig(
+            cluster,
+            server,
+            &self.ca_pem,
+            self.field("user"),
+            &crate::pki::Issued {
+                cert_pem: self.field("certificate").to_owned(),
+                key_pem: self.field("key").to_owned(),
+            },
+        )
+    }
+}
+
+/// Joins the cluster whose API is at `server` (`https://HOST:PORT`) with
+/// `token`: fetches the CA, trusts it only if its hash is the token's, and
+/// asks for credentials with `request` (`name`, `role`, …; the token is
+/// added).
+pub async fn join_cluster(
+    server: &str,
+    token: &str,
+    mut request: Value,
+) -> Result<Joined, JoinError> {
+    let pin = token
+        .split_once("::")
+        .and_then(|(pin, _)| pin.strip_prefix("K10"))
+        .filter(|pin| pin.len() == 64)
+        .ok_or(JoinError::Unpinned)?;
+    let bad_server = |source| JoinError::BadServer {
+        server: server.to_owned(),
+        source,
+    };
+    let unverified = Client::https(Https::unverified(server).map_err(bad_server)?);
+    let ca = unverified
+        .request(hyper::Method::GET, "/keelson/v1/cacerts", "", Vec::new())
+        .await
+        .map_err(|source| JoinError::Unreachable {
+            server: server.to_owned(),
+            source,
+        })?;
+    let ca_pem = String::from_utf8_lossy(&ca).into_owned();
+    if !same(&pem_hash(&ca_pem), pin) {
+        return Err(JoinError::WrongCa {
+            server: server.to_owned(),
+        });
+    }
+    let trusted = Client::https(
+        Https::new(&Kubeconfig {
+            server: server.to_owned(),
+            ca_pem: ca_pem.clone(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        })
+        .map_err(bad_server)?,
+    );
+    request["token"] = json!(token);
+    let answer = trusted
+        .request(
+            hyper::Method::POST,
+            "/keelson/v1/join",
+            "application/json",
+            request.to_string().into_bytes(),
+        )
+        .await
+        .map_err(|source| JoinError::Refused {
+            server: server.to_owned(),
+            source,
+        })?;
+    let answer: Value = serde_json::from_slice(&answer).map_err(|e| JoinError::BadAnswer {
+        server: server.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if answer["certificate"].as_str().is_none() {
+        return Err(JoinError::BadAnswer {
+            server: server.to_owned(),
+            reason: "no certificate".into(),
+        });
+    }
+    Ok(Joined { ca_pem, answer })
 }
 
 /// Equal strings, compared in time that does not depend on where they differ.
@@ -56,11 +195,13 @@ fn same(a: &str, b: &str) -> bool {
 
 impl Bootstrap {
     /// The cluster's bootstrap secret: from the store, or new (made by the
-    /// first member to look).
+    /// first member to look: `new_secret`, else random).
     pub async fn from_store(
         store: &Store,
         sealer: &Sealer,
         ca: ClusterCa,
+        cluster_token: &str,
+        new_secret: Option<&str>,
     ) -> Result<Self, SecretsError> {
         let open = |raw: &[u8]| -> Result<String, SecretsError> {
             Ok(String::from_utf8_lossy(&sealer.open(raw)?).into_owned())
@@ -68,7 +209,8 @@ impl Bootstrap {
         let secret = match store.get(SECRET_KEY).await? {
             Some(stored) => open(&stored.value)?,
             None => {
-                let secret = uuid::Uuid::new_v4().simple().to_string();
+                let secret = new_secret
+                    .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
                 match store
                     .create(SECRET_KEY, sealer.seal(secret.as_bytes()))
                     .await?
@@ -79,7 +221,15 @@ impl Bootstrap {
                 }
             }
         };
-        Ok(Bootstrap { secret, ca })
+        Ok(Bootstrap {
+            secret,
+            ca,
+            cluster_token: cluster_token.to_owned(),
+        })
+    }
+
+    pub fn cluster_token(&self) -> &str {
+        &self.cluster_token
     }
 
     /// `K10<CA hash>::keelson:<secret>`.
@@ -198,6 +348,7 @@ mod tests {
         Bootstrap {
             secret: "s3cret".into(),
             ca: ClusterCa::generate().unwrap(),
+            cluster_token: "keelson".into(),
         }
     }
 
@@ -209,8 +360,8 @@ mod tests {
         assert!(!b.accepts("guess"));
         assert!(!b.accepts(&b.token().replace("K10", "K10f")));
         let other = Bootstrap {
-            secret: "s3cret".into(),
             ca: ClusterCa::generate().unwrap(),
+            ..bootstrap()
         };
         assert!(!b.accepts(&other.token()), "another cluster's CA");
     }

@@ -97,6 +97,18 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// When the first certificate in `pem` expires; `None` if there is none
+/// that parses.
+pub fn expiry(pem: &str) -> Option<chrono::DateTime<Utc>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+}
+
 impl ClusterCa {
     /// A new CA, valid for ten years.
     pub fn generate() -> Result<Self> {
@@ -223,6 +235,17 @@ preferences: {{}}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_reads_the_certificates_made_here() {
+        let ca = ClusterCa::generate().unwrap();
+        let in_ten_years = expiry(&ca.cert_pem).unwrap() - Utc::now();
+        assert!((3640..=3660).contains(&in_ten_years.num_days()));
+        let client = ca.issue_client("u", &[]).unwrap();
+        let in_a_year = expiry(&client.cert_pem).unwrap() - Utc::now();
+        assert!((360..=370).contains(&in_a_year.num_days()));
+        assert_eq!(expiry("not a certificate"), None);
+    }
 
     #[test]
     fn a_ca_read_back_issues_certificates() {

@@ -52,6 +52,10 @@ pub struct ApiConfig {
     pub service_range: crate::allocate::ServiceRange,
     /// The cluster token: it wraps the key Secrets are encrypted with.
     pub cluster_token: String,
+    /// The join token's secret, if the cluster has none yet (`None`: a
+    /// random one). A cluster founded with `--cluster-init` uses its
+    /// cluster token, so the one token operators keep also restores it.
+    pub join_secret: Option<String>,
     /// Take part in the election for running the controllers and the
     /// scheduler (`None`: serve the API only).
     pub controllers: Option<crate::controllers::ControllerConfig>,
@@ -242,7 +246,15 @@ pub async fn run(
     )?;
 
     let bootstrap = patiently(&shutdown, "join token", || async {
-        match Bootstrap::from_store(&store, &sealer, ca.clone()).await {
+        match Bootstrap::from_store(
+            &store,
+            &sealer,
+            ca.clone(),
+            &config.cluster_token,
+            config.join_secret.as_deref(),
+        )
+        .await
+        {
             Err(SecretsError::Store(error)) => Err(ApiServerError::Store(error)),
             other => Ok(other),
         }
@@ -271,6 +283,7 @@ pub async fn run(
 
     tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
     tokio::spawn(api.clone().scrape_resource_metrics());
+    tokio::spawn(api.clone().advertise());
     let controllers = config.controllers.clone().map(|controllers| {
         let client = crate::client::Client::in_process(api.clone());
         tokio::spawn(crate::controllers::run(

@@ -7,9 +7,10 @@
 //! transaction guarded on it (compare-and-set).
 
 use keelson_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest, WatchResponse, compare, kv_client::KvClient, request_op,
-    response_op, watch_client::WatchClient, watch_request,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, Member, MemberAddRequest, MemberListRequest,
+    MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse, cluster_client::ClusterClient, compare, kv_client::KvClient,
+    lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient, watch_request,
 };
 use keelson_proto::mvccpb::{Event, KeyValue, event::EventType};
 use tokio::sync::mpsc;
@@ -129,6 +130,8 @@ fn modified_at(key: &[u8], revision: i64) -> Compare {
 pub struct Store {
     kv: KvClient<Channel>,
     watch: WatchClient<Channel>,
+    lease: LeaseClient<Channel>,
+    cluster: ClusterClient<Channel>,
 }
 
 /// The end of the key range that starts with `prefix`.
@@ -161,8 +164,69 @@ impl Store {
         let channel = Channel::balance_list(list.into_iter());
         Ok(Self {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
-            watch: WatchClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(256 * 1024 * 1024),
+            lease: LeaseClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel),
         })
+    }
+
+    /// Writes `key` unconditionally, attached to a new lease of `ttl`
+    /// seconds: it goes away unless written again in time.
+    pub async fn put_expiring(&self, key: &[u8], value: Vec<u8>, ttl: i64) -> Result<()> {
+        let lease = self
+            .lease
+            .clone()
+            .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+            .await?
+            .into_inner();
+        self.kv
+            .clone()
+            .put(PutRequest {
+                key: key.to_vec(),
+                value,
+                lease: lease.id,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The store's members (etcd's `member list`).
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        Ok(self
+            .cluster
+            .clone()
+            .member_list(MemberListRequest { linearizable: true })
+            .await?
+            .into_inner()
+            .members)
+    }
+
+    /// Adds a member with `peer_urls` as a learner; the member as added.
+    pub async fn add_learner(&self, peer_urls: Vec<String>) -> Result<Member> {
+        let answer = self
+            .cluster
+            .clone()
+            .member_add(MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: true,
+            })
+            .await?
+            .into_inner();
+        Ok(answer.member.unwrap_or(Member {
+            peer_ur_ls: peer_urls,
+            is_learner: true,
+            ..Member::default()
+        }))
+    }
+
+    /// Removes member `id` from the store's cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<()> {
+        self.cluster
+            .clone()
+            .member_remove(MemberRemoveRequest { id })
+            .await?;
+        Ok(())
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Stored>> {

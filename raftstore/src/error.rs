@@ -71,6 +71,12 @@ pub enum Error {
     MemberExists { id: u64 },
     #[error("member {id:x} is not a learner")]
     MemberNotLearner { id: u64 },
+    #[error("learner {id:x} has not caught up with the leader")]
+    LearnerNotReady { id: u64 },
+    #[error("peer URL {url} is already a member's")]
+    PeerUrlExists { url: String },
+    #[error("cannot join the cluster: {reason}")]
+    Join { reason: String },
     #[error("invalid Raft settings")]
     RaftConfig { source: Box<openraft::ConfigError> },
     #[error("raft stopped")]
@@ -189,6 +195,14 @@ impl Error {
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member",
             ),
+            Error::LearnerNotReady { .. } => (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ),
+            Error::PeerUrlExists { .. } => (
+                Code::FailedPrecondition,
+                "etcdserver: Peer URLs already exists",
+            ),
             Error::Storage(_)
             | Error::CorruptRecord { .. }
             | Error::CorruptMeta { .. }
@@ -197,6 +211,7 @@ impl Error {
             | Error::ProposalMismatch { .. }
             | Error::RaftConfig { .. }
             | Error::RaftFatal { .. }
+            | Error::Join { .. }
             | Error::WrongMember { .. } => {
                 return Status::internal(format!("etcdserver: {}", error_chain(self)));
             }

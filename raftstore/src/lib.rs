@@ -17,6 +17,7 @@
 //! - [`server`]: configuration and `run`, which serves it all until shutdown.
 //! - [`bench`](mod@bench): a load generator for any etcd-API endpoint.
 
+pub mod admin;
 mod backend;
 pub mod bench;
 pub mod error;

@@ -60,6 +60,9 @@ pub struct MemberConfig {
     /// The founding members, `(name, peer URL)`; empty means this member alone.
     pub initial_cluster: Vec<(String, String)>,
     pub initial_cluster_state: ClusterState,
+    /// A member joining as a learner makes itself a voter once it has
+    /// caught up with the leader.
+    pub promote_when_caught_up: bool,
     pub initial_cluster_token: String,
     /// How often the leader sends heartbeats.
     pub heartbeat_interval: Duration,
@@ -92,6 +95,7 @@ impl Default for MemberConfig {
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             initial_cluster: Vec::new(),
             initial_cluster_state: ClusterState::New,
+            promote_when_caught_up: false,
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(250),
@@ -142,11 +146,98 @@ impl MemberConfig {
     }
 }
 
-/// A member's ID, derived as etcd derives it: from its peer URLs and the cluster token.
+/// A founding member's ID, derived as etcd derives it: from its peer URLs
+/// and the cluster token, so every founder computes the same IDs from the
+/// same flags.
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
     hash_u64([urls.concat().as_bytes(), token.as_bytes()])
+}
+
+/// The ID of a member added to a running cluster: the peer URLs, the token
+/// and the time, as etcd's `member add` makes it, so a member added again
+/// under the same URL (its disk lost and replaced) is a new member that no
+/// entry about its predecessor applies to.
+fn added_member_id(peer_urls: &[String], token: &str) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    hash_u64([
+        urls.concat().as_bytes(),
+        token.as_bytes(),
+        &nanos.to_be_bytes(),
+    ])
+}
+
+/// How long a member joining an existing cluster keeps asking the members
+/// it was given for the ID it was added under.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a member joining an existing cluster learns from its peers: the
+/// ID `member add` gave it (found by its peer URLs) and the cluster's ID.
+async fn discover_identity(config: &MemberConfig) -> Result<(u64, u64)> {
+    let mine: BTreeSet<&String> = config.initial_advertise_peer_urls.iter().collect();
+    let peers: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .map(|(_, url)| url)
+        .filter(|url| !mine.contains(url))
+        .collect();
+    if peers.is_empty() {
+        return Err(Error::Join {
+            reason: "--initial-cluster names no member but this one to ask".into(),
+        });
+    }
+    let deadline = Instant::now() + DISCOVERY_TIMEOUT;
+    let mut last_failure = String::new();
+    loop {
+        for url in &peers {
+            let asked = async {
+                let channel = tonic::transport::Endpoint::from_shared((*url).clone())
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pb::raft_client::RaftClient::new(channel)
+                    .members(pb::MembersRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| status.message().to_owned())
+            };
+            match tokio::time::timeout(Duration::from_secs(5), asked).await {
+                Ok(Ok(answer)) => {
+                    let found = answer.members.iter().find(|(_, member)| {
+                        member.peer_urls.iter().collect::<BTreeSet<_>>() == mine
+                    });
+                    match found {
+                        Some((id, _)) => return Ok((*id, answer.cluster_id)),
+                        None => {
+                            return Err(Error::Join {
+                                reason: format!(
+                                    "the cluster at {url} has no member with peer URLs {}: add it first (etcdctl member add, or keelson server --join)",
+                                    config.initial_advertise_peer_urls.join(",")
+                                ),
+                            });
+                        }
+                    }
+                }
+                Ok(Err(failure)) => last_failure = format!("{url}: {failure}"),
+                Err(_) => last_failure = format!("{url}: no answer within 5s"),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Join {
+                reason: format!(
+                    "no member of --initial-cluster answered within {DISCOVERY_TIMEOUT:?} (last: {last_failure})"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// One running member.
@@ -171,19 +262,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-const META_MEMBER: &str = "member";
-
-/// How long a member left out of the membership waits for an entry that
-/// puts it back before it concludes it was removed.
-const REMOVAL_GRACE: Duration = Duration::from_secs(3);
-
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+pub(crate) const META_MEMBER: &str = "member";
 
 impl Node {
     /// Opens the member's store and starts its Raft. A member of a new
@@ -193,7 +272,13 @@ impl Node {
             &config.data_dir.join("store"),
             config.store.clone(),
         )?);
-        let identity = Self::identity(&store, &config)?;
+        let joining = match store.meta(META_MEMBER)? {
+            None if config.initial_cluster_state == ClusterState::Existing => {
+                Some(discover_identity(&config).await?)
+            }
+            _ => None,
+        };
+        let identity = Self::identity(&store, &config, joining)?;
         let hub = Arc::new(WatchHub::new(store.revision(), config.watch_buffer_events));
         let lessor = Arc::new(Mutex::new(Lessor::default()));
         let peers = Peers::default();
@@ -244,6 +329,10 @@ impl Node {
                 tracing::info!(%error, "cluster already initialized");
             }
         }
+        if store.is_restored()? {
+            Self::start_log_after_restored_data(&raft, config.request_timeout * 6).await?;
+            store.clear_restored()?;
+        }
         tracing::info!(member = %format!("{:x}", identity.member_id), name = %identity.name, "member started");
         let ids = IdGenerator::new(identity.member_id);
         Ok(Arc::new(Self {
@@ -260,8 +349,59 @@ impl Node {
         }))
     }
 
-    /// The identity recorded on first start, or a new one.
-    fn identity(store: &MvccStore, config: &MemberConfig) -> Result<MemberRecord> {
+    /// Data restored from a snapshot is not in the log of the cluster the
+    /// member founds on it. Before any peer is served, the member snapshots
+    /// what it applied and purges the log behind it, so a member that joins
+    /// later is sent that snapshot — the restored data — rather than a log
+    /// that starts after it.
+    async fn start_log_after_restored_data(
+        raft: &Raft<TypeConfig>,
+        within: Duration,
+    ) -> Result<()> {
+        let stopped = |_| Error::Stopped;
+        let fatal = |source| Error::RaftFatal {
+            source: Box::new(source),
+        };
+        let applied = raft
+            .wait(Some(within))
+            .metrics(
+                |m| m.state == ServerState::Leader && m.last_applied.is_some(),
+                "the restored member leads and has applied its membership",
+            )
+            .await
+            .map_err(stopped)?
+            .last_applied
+            .map_or(0, |id| id.index);
+        raft.trigger().snapshot().await.map_err(fatal)?;
+        raft.wait(Some(within))
+            .metrics(
+                |m| m.snapshot.is_some_and(|id| id.index >= applied),
+                "a snapshot of the restored data",
+            )
+            .await
+            .map_err(stopped)?;
+        raft.trigger().purge_log(applied).await.map_err(fatal)?;
+        raft.wait(Some(within))
+            .metrics(
+                |m| m.purged.is_some_and(|id| id.index >= applied),
+                "the log purged behind it",
+            )
+            .await
+            .map_err(stopped)?;
+        tracing::info!(
+            index = applied,
+            "restored data: the log now starts after its snapshot"
+        );
+        Ok(())
+    }
+
+    /// The identity recorded on first start, or a new one: a founder's
+    /// derived from the flags, a joiner's as its peers told it (`joining`).
+    fn identity(
+        store: &MvccStore,
+        config: &MemberConfig,
+        joining: Option<(u64, u64)>,
+    ) -> Result<MemberRecord> {
         if let Some(raw) = store.meta(META_MEMBER)? {
             let mut record =
                 MemberRecord::decode(raw.as_slice()).map_err(|_| Error::CorruptMeta {
@@ -277,18 +417,23 @@ impl Node {
             record.client_urls = config.advertise_client_urls.clone();
             return Ok(record);
         }
-        let member_id = member_id(
-            &config.initial_advertise_peer_urls,
-            &config.initial_cluster_token,
-        );
-        let founders: Vec<u8> = config
-            .founders()
-            .keys()
-            .flat_map(|id| id.to_be_bytes())
-            .collect();
+        let (member_id, cluster_id) = joining.unwrap_or_else(|| {
+            let founders: Vec<u8> = config
+                .founders()
+                .keys()
+                .flat_map(|id| id.to_be_bytes())
+                .collect();
+            (
+                member_id(
+                    &config.initial_advertise_peer_urls,
+                    &config.initial_cluster_token,
+                ),
+                hash_u64([founders.as_slice(), config.initial_cluster_token.as_bytes()]),
+            )
+        });
         let record = MemberRecord {
             member_id,
-            cluster_id: hash_u64([founders.as_slice(), config.initial_cluster_token.as_bytes()]),
+            cluster_id,
             name: config.name.clone(),
             client_urls: config.advertise_client_urls.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
@@ -304,8 +449,6 @@ impl Node {
         let mut was_leader = false;
         let mut leader = None;
         let mut was_member = false;
-        // When this member first saw itself left out of the membership.
-        let mut left_out: Option<Instant> = None;
         loop {
             let (is_leader, current_leader, is_member) = {
                 let m = metrics.borrow_and_update();
@@ -342,25 +485,16 @@ impl Node {
             metrics::gauge!("etcd_server_has_leader")
                 .set(f64::from(u8::from(current_leader.is_some())));
             // A leader removing itself finishes the change (and steps down)
-            // first. A member added again under the same ID (its peer URL's)
-            // replays the log from the start, old removal included, and
-            // then its own re-addition: it stops only if it stays left out,
-            // receiving nothing that puts it back.
+            // first. Every added member has an ID of its own, so no entry
+            // about an earlier member under the same peer URL applies here.
             if was_member && !is_member && !is_leader {
-                let since = *left_out.get_or_insert_with(Instant::now);
-                if since.elapsed() >= REMOVAL_GRACE {
-                    tracing::warn!("this member was removed from the cluster; stopping");
-                    stop.cancel();
-                }
-            } else {
-                left_out = None;
+                tracing::warn!("this member was removed from the cluster; stopping");
+                stop.cancel();
             }
             was_member |= is_member;
-            let recheck = left_out.map(|since| since + REMOVAL_GRACE);
             tokio::select! {
                 () = stop.cancelled() => break,
                 changed = metrics.changed() => if changed.is_err() { break },
-                () = sleep_until_some(recheck) => {}
             }
         }
     }
@@ -724,9 +858,17 @@ impl Node {
 
     /// Adds a member (as a learner first); returns its ID. Only the leader changes membership.
     pub async fn add_member(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64> {
-        let id = member_id(&peer_urls, &self.config.initial_cluster_token);
-        if self.members().iter().any(|(known, _, _)| *known == id) {
+        let id = added_member_id(&peer_urls, &self.config.initial_cluster_token);
+        let members = self.members();
+        if members.iter().any(|(known, _, _)| *known == id) {
             return Err(Error::MemberExists { id });
+        }
+        if let Some(url) = members
+            .iter()
+            .flat_map(|(_, info, _)| &info.peer_urls)
+            .find(|url| peer_urls.contains(url))
+        {
+            return Err(Error::PeerUrlExists { url: url.clone() });
         }
         let info = MemberInfo {
             name: String::new(),
@@ -755,11 +897,45 @@ impl Node {
             Some((_, _, false)) => return Err(Error::MemberNotLearner { id }),
             Some(_) => {}
         }
+        // Only the leader knows how far the learner has got.
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(self.not_leader());
+        }
+        if !self.in_sync(id) {
+            return Err(Error::LearnerNotReady { id });
+        }
         self.membership(
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
                 .await,
         )
+    }
+
+    /// This member does not lead: who does, for the caller to ask.
+    fn not_leader(&self) -> Error {
+        let leader = self.leader();
+        Error::NotLeader {
+            leader: self
+                .members()
+                .into_iter()
+                .find(|(id, _, _)| *id == leader)
+                .map(|(id, info, _)| (id, info)),
+        }
+    }
+
+    /// Whether learner `id` has replicated at least 90 % of the leader's
+    /// log, etcd's bar for promoting it (a voter far behind would hold up
+    /// every commit that needs it).
+    fn in_sync(&self, id: u64) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.last_log_index.unwrap_or(0);
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(&id).cloned().flatten())
+            .map_or(0, |log_id| log_id.index);
+        matched as f64 >= leader as f64 * 0.9
     }
 
     /// Removes a member from the cluster.

@@ -138,6 +138,12 @@ pub async fn run(
     // ... and has published its name and client URLs (so `member list`
     // shows them), as etcd's members do before they are ready.
     node.clone().publish(shutdown.clone()).await;
+    if node.config().promote_when_caught_up {
+        tasks.spawn(crate::service::promote_when_caught_up(
+            node.clone(),
+            shutdown.clone(),
+        ));
+    }
     let address = listeners
         .client
         .local_addr()

@@ -18,7 +18,6 @@
 //! `start` brings the same cluster back.
 
 pub(crate) mod command;
-pub mod endpoint;
 pub mod image;
 pub mod kubeconfig;
 pub mod net;

@@ -33,6 +33,7 @@ use crate::storage::{Store, Stored, Written};
 use crate::table;
 use crate::{defaults, validation};
 
+mod members;
 mod proxy;
 mod request;
 mod resource_metrics;
@@ -276,6 +277,15 @@ impl Api {
         }
     }
 
+    /// Whether the store answers a linearizable read within two seconds.
+    async fn store_answers(&self) -> bool {
+        let read = self.store.get(b"/registry/health");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), read).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Answers one request. `authenticated`: the client presented a
     /// certificate the cluster CA signed.
     pub async fn serve(
@@ -299,8 +309,8 @@ impl Api {
             (&Method::POST, "/keelson/v1/join") => {
                 let answer = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
                     Ok(body) => self
-                        .bootstrap
                         .join(&body)
+                        .await
                         .map(|a| json_response(StatusCode::OK, &a)),
                     Err(_) => Err(ApiError::too_large(64 * 1024)),
                 };
@@ -315,6 +325,10 @@ impl Api {
                     Err(_) => Err(ApiError::too_large(64 * 1024)),
                 };
                 (answer, "POST", String::new())
+            }
+            // What Kubernetes shows anyone (system:public-info-viewer).
+            (&Method::GET, "/healthz" | "/livez" | "/readyz" | "/version") if !authenticated => {
+                self.route(request).await
             }
             _ if authenticated => {
                 // Every log line of the request carries what it was.
@@ -383,6 +397,17 @@ impl Api {
             );
         }
         if matches!(segments.as_slice(), ["healthz" | "livez" | "readyz"]) {
+            // Ready only while the store answers a linearizable read: an
+            // API server cut off from the store's majority is not.
+            if segments[0] != "livez" && !self.store_answers().await {
+                return (
+                    Err(ApiError::unavailable(
+                        "etcd check failed: the store does not answer",
+                    )),
+                    "GET",
+                    String::new(),
+                );
+            }
             let mut ok = Response::new(Body::from("ok"));
             ok.headers_mut().insert(
                 header::CONTENT_TYPE,

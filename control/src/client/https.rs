@@ -109,40 +109,65 @@ impl std::fmt::Debug for Https {
 }
 
 impl Https {
+    /// HTTPS to `config.server`, trusting its CA and presenting its
+    /// client certificate (none when `cert_pem` is empty: only the join
+    /// endpoints and the health checks answer such a client).
     pub fn new(config: &Kubeconfig) -> Result<Self, KubeconfigError> {
-        let authority = config
-            .server
+        let tls = |source| KubeconfigError::Tls {
+            path: PathBuf::from(&config.server),
+            source,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(config.ca_pem.as_bytes()).flatten() {
+            roots.add(cert).map_err(tls)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .with_root_certificates(roots);
+        let client = if config.cert_pem.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(config.cert_pem.as_bytes())
+                    .flatten()
+                    .collect();
+            let key = PrivateKeyDer::from_pem_slice(config.key_pem.as_bytes())
+                .map_err(|e| tls(rustls::Error::General(format!("client key: {e}"))))?;
+            builder.with_client_auth_cert(chain, key).map_err(tls)?
+        };
+        Self::with_tls(&config.server, client)
+    }
+
+    /// HTTPS to `server` without checking who answers. Only for fetching
+    /// the cluster CA before it is known, whose hash the caller then checks
+    /// against the one the join token carries.
+    pub fn unverified(server: &str) -> Result<Self, KubeconfigError> {
+        let tls = |source| KubeconfigError::Tls {
+            path: PathBuf::from(server),
+            source,
+        };
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+            .with_no_client_auth();
+        Self::with_tls(server, client)
+    }
+
+    fn with_tls(server: &str, mut client: rustls::ClientConfig) -> Result<Self, KubeconfigError> {
+        let authority = server
             .strip_prefix("https://")
             .map(|rest| rest.trim_end_matches('/').to_owned())
             .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| KubeconfigError::Server(config.server.clone()))?;
+            .ok_or_else(|| KubeconfigError::Server(server.to_owned()))?;
         let host = match authority.rsplit_once(':') {
             Some((host, port)) if port.parse::<u16>().is_ok() => host,
             _ => authority.as_str(),
         };
         let host = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-            .map_err(|_| KubeconfigError::Server(config.server.clone()))?;
-        let tls = |source| KubeconfigError::Tls {
-            path: PathBuf::from(&config.server),
-            source,
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(config.ca_pem.as_bytes()).flatten() {
-            roots.add(cert).map_err(tls)?;
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(config.cert_pem.as_bytes())
-                .flatten()
-                .collect();
-        let key = PrivateKeyDer::from_pem_slice(config.key_pem.as_bytes())
-            .map_err(|e| tls(rustls::Error::General(format!("client key: {e}"))))?;
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(tls)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(tls)?;
+            .map_err(|_| KubeconfigError::Server(server.to_owned()))?;
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             authority,
@@ -210,6 +235,60 @@ impl Https {
             .send_request(Request::from_parts(parts, body))
             .await?;
         Ok(response.map(Body::new))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any server certificate whose signature is sound (see
+/// [`Https::unverified`]).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::api::Api;
 
+pub mod balancer;
 mod https;
 
 pub use https::{Https, Kubeconfig, KubeconfigError};

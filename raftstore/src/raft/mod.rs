@@ -30,6 +30,14 @@ use keelson_proto::keelsonpb::Proposal;
 pub use self::log_store::LogStore;
 pub use self::state_machine::{ApplyResult, StateMachine};
 
+/// The `meta` keys that tie a member's data to its cluster: its identity,
+/// the log position applied, and the membership.
+pub(crate) const CLUSTER_META_KEYS: [&str; 3] = [
+    crate::node::META_MEMBER,
+    state_machine::APPLIED,
+    state_machine::MEMBERSHIP,
+];
+
 /// A member as Raft's membership records it: enough for peers to reach it
 /// and for `member list` to describe it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -23,8 +23,8 @@ use crate::hub::WatchHub;
 use crate::lessor::Lessor;
 use crate::store::{CommandResponse, LeaseChange, MvccStore};
 
-const APPLIED: &str = "raft_applied";
-const MEMBERSHIP: &str = "raft_membership";
+pub(crate) const APPLIED: &str = "raft_applied";
+pub(crate) const MEMBERSHIP: &str = "raft_membership";
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Applies of at most this many commands run on the calling task.
 const INLINE_APPLY_COMMANDS: usize = 8;

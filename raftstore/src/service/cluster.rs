@@ -68,6 +68,40 @@ impl ClusterService {
     }
 }
 
+/// How often a joining learner asks to be promoted.
+const PROMOTE_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Makes this member, a learner, a voter once the leader finds it caught
+/// up (etcd's `member promote`, asked by the member itself); returns when
+/// it votes, or at `stop`.
+pub async fn promote_when_caught_up(node: Arc<Node>, stop: tokio_util::sync::CancellationToken) {
+    let me = node.identity_record().member_id;
+    let service = ClusterService::new(node.clone());
+    loop {
+        let voter = node
+            .members()
+            .iter()
+            .any(|(id, _, learner)| *id == me && !learner);
+        if voter {
+            return;
+        }
+        match service
+            .member_promote(Request::new(MemberPromoteRequest { id: me }))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!("caught up with the leader: promoted to a voting member");
+                return;
+            }
+            Err(status) => tracing::debug!(%status, "not promoted yet"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROMOTE_PERIOD) => {}
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -126,15 +160,28 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        // A member's ID is derived from its peer URLs, so changing them is
-        // replacing the member: remove it and add the new URLs.
-        let id = request.into_inner().id;
-        if !self.node.members().iter().any(|(known, _, _)| *known == id) {
-            return Err(crate::Error::MemberNotFound { id }.into());
+        let request = request.into_inner();
+        let Some((id, mut info, _)) = self
+            .node
+            .members()
+            .into_iter()
+            .find(|(known, _, _)| *known == request.id)
+        else {
+            return Err(crate::Error::MemberNotFound { id: request.id }.into());
+        };
+        if request.peer_ur_ls.is_empty()
+            || request.peer_ur_ls.iter().any(|u| !u.starts_with("http"))
+        {
+            return Err(Status::invalid_argument(
+                "etcdserver: given member URLs are invalid",
+            ));
         }
-        Err(Status::failed_precondition(
-            "etcdserver: peer URLs identify a member here; replace it with member remove and member add",
-        ))
+        info.peer_urls = request.peer_ur_ls;
+        self.node.set_member_info(id, info).await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(),
+        }))
     }
 
     async fn member_list(

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::service::Routes;
 
+pub use self::cluster::promote_when_caught_up;
 pub use self::maintenance::ETCD_VERSION;
 pub use self::oversize::{OversizeLayer, oversize_layer};
 use crate::node::Node;

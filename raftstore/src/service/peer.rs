@@ -153,6 +153,30 @@ impl Raft for PeerService {
         Ok(Response::new(pb::PublishResponse {}))
     }
 
+    async fn members(
+        &self,
+        _: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        let members = self
+            .node
+            .members()
+            .into_iter()
+            .map(|(id, info, _)| {
+                let member = pb::Member {
+                    name: info.name,
+                    peer_urls: info.peer_urls,
+                    client_urls: info.client_urls,
+                };
+                (id, member)
+            })
+            .collect();
+        Ok(Response::new(pb::MembersResponse {
+            cluster_id: self.node.identity_record().cluster_id,
+            members,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
     async fn lease_time_to_live(
         &self,
         request: Request<LeaseTimeToLiveRequest>,

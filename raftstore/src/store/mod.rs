@@ -44,6 +44,8 @@ use crate::revision::Revision;
 
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACTED: &str = "compacted_revision";
+/// Marks data restored from a snapshot whose log does not yet start after it.
+const RESTORED: &str = "restored";
 
 /// Settings every member must share, because applying commands depends on them.
 #[derive(Clone, Debug)]
@@ -107,13 +109,22 @@ impl MvccStore {
     /// Watchers must be told that history before that revision may be gone.
     pub fn restore(&self, snapshot: &[u8]) -> Result<i64> {
         let entries = crate::snapshot::parse(snapshot)?;
+        let member = crate::node::META_MEMBER;
+        // This member's identity is its own, not the snapshot's sender's.
+        let identity = self.meta(member)?;
         let mut batch = rocksdb::WriteBatch::default();
         for name in crate::backend::COLUMN_FAMILIES {
             // Every key the store writes sorts below 32 bytes of 0xFF.
             batch.delete_range_cf(self.backend.cf(name), [].as_slice(), [0xFF; 32].as_slice());
         }
         for (family, key, value) in entries {
+            if family == CF_META && key == member.as_bytes() {
+                continue;
+            }
             batch.put_cf(self.backend.cf(family), key, value);
+        }
+        if let Some(identity) = identity {
+            batch.put_cf(self.backend.cf(CF_META), member, identity);
         }
         let mut state = self.write();
         self.backend.commit(batch)?;
@@ -144,6 +155,39 @@ impl MvccStore {
     pub(crate) fn put_meta(&self, key: &'static str, value: &[u8]) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(self.backend.cf(CF_META), key, value);
+        self.backend.commit(batch)
+    }
+
+    /// Drops what ties this data to the cluster it came from (the member's
+    /// identity, the applied log position, the membership), keeping every
+    /// key, lease and revision: a member started on it founds a new
+    /// cluster of itself (a restore, or a reset after quorum loss).
+    pub fn forget_cluster(&self) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for key in crate::raft::CLUSTER_META_KEYS {
+            batch.delete_cf(self.backend.cf(CF_META), key);
+        }
+        // Kept with the Raft state, which no snapshot carries or replaces.
+        batch.put_cf(
+            self.backend.cf(crate::backend::CF_RAFT_META),
+            RESTORED,
+            [1u8],
+        );
+        self.backend.commit(batch)
+    }
+
+    /// Whether this data was restored (or reset) and the member has not
+    /// yet made its log start after it (see [`crate::node::Node::start`]).
+    pub(crate) fn is_restored(&self) -> Result<bool> {
+        Ok(self
+            .backend
+            .get(crate::backend::CF_RAFT_META, RESTORED.as_bytes())?
+            .is_some())
+    }
+
+    pub(crate) fn clear_restored(&self) -> Result<()> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_cf(self.backend.cf(crate::backend::CF_RAFT_META), RESTORED);
         self.backend.commit(batch)
     }
 
