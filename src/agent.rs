@@ -384,7 +384,7 @@ async fn join_through_balancer(
     if !path.exists() {
         let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref())?;
         // Through the balancer: whichever member answers issues it.
-        let joined = keelson_control::join::join_cluster(
+        let joined = keelson_control::join::join_cluster_patiently(
             &through,
             &token,
             serde_json::json!({"name": name, "role": "agent"}),

@@ -603,7 +603,7 @@ async fn placement(
     }
     let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref())?;
     tracing::info!(%server, "joining the cluster");
-    let joined = keelson_control::join::join_cluster(
+    let joined = keelson_control::join::join_cluster_patiently(
         server,
         &token,
         serde_json::json!({"name": args.name, "role": "server", "peerURLs": advertise_peer}),

@@ -117,6 +117,43 @@ impl Joined {
     }
 }
 
+impl JoinError {
+    /// Whether trying again later may succeed: the cluster was not there
+    /// or not ready, rather than refusing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JoinError::Unreachable { .. } => true,
+            JoinError::Refused { source, .. } => {
+                source.code().is_none_or(|code| code >= 500 || code == 429)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// [`join_cluster`], tried again while the cluster is not there yet (a
+/// member started before the one it joins through), every two seconds,
+/// until it answers or refuses.
+pub async fn join_cluster_patiently(
+    server: &str,
+    token: &str,
+    request: Value,
+) -> Result<Joined, JoinError> {
+    let mut attempts = 0u32;
+    loop {
+        match join_cluster(server, token, request.clone()).await {
+            Err(error) if error.is_transient() => {
+                attempts += 1;
+                if attempts == 1 || attempts.is_multiple_of(15) {
+                    tracing::info!(%server, error = %crate::runtime::chain(&error), "the cluster does not answer yet; trying again");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Joins the cluster whose API is at `server` (`https://HOST:PORT`) with
 /// `token`: fetches the CA, trusts it only if its hash is the token's, and
 /// asks for credentials with `request` (`name`, `role`, …; the token is

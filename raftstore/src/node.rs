@@ -192,9 +192,9 @@ async fn discover_identity(config: &MemberConfig) -> Result<(u64, u64)> {
         });
     }
     let deadline = Instant::now() + DISCOVERY_TIMEOUT;
-    let mut last_failure = String::new();
     loop {
-        for url in &peers {
+        // Every peer at once: some of them may be down, or not started yet.
+        let asks = peers.iter().map(|url| async move {
             let asked = async {
                 let channel = tonic::transport::Endpoint::from_shared((*url).clone())
                     .map_err(|e| e.to_string())?
@@ -208,31 +208,36 @@ async fn discover_identity(config: &MemberConfig) -> Result<(u64, u64)> {
                     .map(tonic::Response::into_inner)
                     .map_err(|status| status.message().to_owned())
             };
-            match tokio::time::timeout(Duration::from_secs(5), asked).await {
-                Ok(Ok(answer)) => {
+            tokio::time::timeout(Duration::from_secs(3), asked)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 3s".into()))
+                .map_err(|failure| format!("{url}: {failure}"))
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut failures = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(answer) => {
                     let found = answer.members.iter().find(|(_, member)| {
                         member.peer_urls.iter().collect::<BTreeSet<_>>() == mine
                     });
-                    match found {
-                        Some((id, _)) => return Ok((*id, answer.cluster_id)),
-                        None => {
-                            return Err(Error::Join {
-                                reason: format!(
-                                    "the cluster at {url} has no member with peer URLs {}: add it first (etcdctl member add, or keelson server --join)",
-                                    config.initial_advertise_peer_urls.join(",")
-                                ),
-                            });
-                        }
+                    if let Some((id, _)) = found {
+                        return Ok((*id, answer.cluster_id));
                     }
+                    // A member that has not applied the addition yet.
+                    failures.push(format!(
+                        "the cluster has no member with peer URLs {}: add it first (etcdctl member add, or keelson server --join)",
+                        config.initial_advertise_peer_urls.join(",")
+                    ));
                 }
-                Ok(Err(failure)) => last_failure = format!("{url}: {failure}"),
-                Err(_) => last_failure = format!("{url}: no answer within 5s"),
+                Err(failure) => failures.push(failure),
             }
         }
         if Instant::now() >= deadline {
             return Err(Error::Join {
                 reason: format!(
-                    "no member of --initial-cluster answered within {DISCOVERY_TIMEOUT:?} (last: {last_failure})"
+                    "no member of --initial-cluster answered within {DISCOVERY_TIMEOUT:?} ({})",
+                    failures.join("; ")
                 ),
             });
         }
@@ -454,14 +459,15 @@ impl Node {
                 let m = metrics.borrow_and_update();
                 let membership = m.membership_config.membership();
                 let me = self.identity.member_id;
-                // A member being removed sees the joint configuration whose
+                // A voter being removed sees the joint configuration whose
                 // target leaves it out, and never the final one: the leader
-                // stops replicating to it as soon as it appends that.
-                let leaving = membership.get_joint_config().len() > 1
-                    && membership
-                        .get_joint_config()
-                        .last()
-                        .is_some_and(|target| !target.contains(&me));
+                // stops replicating to it as soon as it appends that. (A
+                // learner is in neither half of a joint configuration that
+                // promotes another member, and is not leaving.)
+                let joint = membership.get_joint_config();
+                let leaving = joint.len() > 1
+                    && joint.first().is_some_and(|from| from.contains(&me))
+                    && joint.last().is_some_and(|target| !target.contains(&me));
                 let is_member = !leaving && membership.nodes().any(|(id, _)| *id == me);
                 (m.state == ServerState::Leader, m.current_leader, is_member)
             };
@@ -562,7 +568,12 @@ impl Node {
     /// Records `info` for member `id`, through the leader.
     pub async fn set_member_info(&self, id: u64, info: MemberInfo) -> Result<()> {
         let change = ChangeMembers::SetNodes(BTreeMap::from([(id, info.clone())]));
-        match self.membership(self.raft.change_membership(change, true).await) {
+        let outcome = if self.raft.metrics().borrow().state == ServerState::Leader {
+            self.membership(self.raft.change_membership(change, true).await)
+        } else {
+            Err(self.not_leader())
+        };
+        match outcome {
             Err(Error::NotLeader {
                 leader: Some((leader, member)),
             }) => {

@@ -123,10 +123,14 @@ impl Network {
         let id = loop {
             let n =
                 (NEXT.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 17) as u8) % 40 + 1;
-            let taken = Command::new("ip")
-                .args(["link", "show", &format!("kbr{n}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
+            // The kernel may still be dismantling an earlier test's
+            // namespaces, whose veths keep their names until it is done.
+            let taken = [format!("kbr{n}"), format!("kv{n}a")].iter().any(|link| {
+                Command::new("ip")
+                    .args(["link", "show", link])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
             if !taken {
                 break n;
             }
@@ -182,17 +186,36 @@ impl Network {
         network
     }
 
-    /// Starts node `i`'s agent against the API in `kubeconfig`.
-    pub(crate) fn start_agent(&mut self, i: usize, kubeconfig: &Path, extra: &[&str]) {
-        let (cluster_cidr, service_cidr, dns) =
-            (self.cluster_cidr(), self.service_cidr(), self.cluster_dns());
-        let node = &mut self.nodes[i];
-        // nsenter, not `ip netns exec`: that one also remounts /sys, which
-        // hides the cgroup hierarchies the containers need.
+    /// `keelson ARGS` in namespace `i` (nsenter, not `ip netns exec`: that
+    /// one also remounts /sys, which hides the cgroup hierarchies the
+    /// containers need).
+    pub(crate) fn keelson_in(&self, i: usize, args: &[&std::ffi::OsStr]) -> Command {
         let mut command = Command::new("nsenter");
         command
-            .arg(format!("--net=/run/netns/{}", node.netns))
+            .arg(format!("--net=/run/netns/{}", self.nodes[i].netns))
             .arg(env!("CARGO_BIN_EXE_keelson"))
+            .args(args);
+        command
+    }
+
+    /// Starts node `i`'s agent against the API in `kubeconfig`.
+    pub(crate) fn start_agent(&mut self, i: usize, kubeconfig: &Path, extra: &[&str]) {
+        self.start_agent_with(i, &["--kubeconfig".as_ref(), kubeconfig.as_os_str()], extra);
+    }
+
+    /// Starts node `i`'s agent; `access` says how it reaches the API
+    /// (`--kubeconfig FILE`, or `--server URL --token-file FILE`).
+    pub(crate) fn start_agent_with(
+        &mut self,
+        i: usize,
+        access: &[&std::ffi::OsStr],
+        extra: &[&str],
+    ) {
+        let (cluster_cidr, service_cidr, dns) =
+            (self.cluster_cidr(), self.service_cidr(), self.cluster_dns());
+        let mut command = self.keelson_in(i, &[]);
+        let node = &mut self.nodes[i];
+        command
             .args(["agent", "--node-name", &node.name, "--node-ip", &node.ip])
             .args([
                 "--node-lease-renew-interval",
@@ -205,8 +228,7 @@ impl Network {
             .args(extra)
             .arg("--data-dir")
             .arg(node.data.path())
-            .arg("--kubeconfig")
-            .arg(kubeconfig);
+            .args(access);
         node.agent = Some(spawn_background(
             command,
             format!("keelson agent {} ({})", node.name, node.netns),
