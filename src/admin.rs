@@ -94,6 +94,52 @@ pub(crate) enum MemberCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCommand {
+    /// Issue a running member's own certificates again (the API serving
+    /// certificate and the admin kubeconfig); it serves the new ones at
+    /// once, without a restart.
+    Rotate {
+        /// The member's data directory.
+        #[arg(long, default_value = "/var/lib/keelson/server")]
+        data_dir: PathBuf,
+    },
+}
+
+pub(crate) async fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    let CertsCommand::Rotate { data_dir } = command;
+    let path = data_dir.join("admin.kubeconfig");
+    if !path.exists() && data_dir.join("kubeconfig").exists() {
+        bail!(
+            "{} is a node agent's: an agent renews its client certificate itself when it starts within {} days of its expiry (restart it; its pods keep running)",
+            data_dir.display(),
+            crate::agent::RENEW_WITHIN_DAYS
+        );
+    }
+    let config = keelson_control::client::Kubeconfig::read(&path)
+        .with_context(|| format!("the member's credentials in {}", path.display()))?;
+    let client =
+        keelson_control::client::Client::https(keelson_control::client::Https::new(&config)?);
+    let answer = client
+        .request(
+            hyper::Method::POST,
+            "/keelson/v1/certificates/rotate",
+            "",
+            Vec::new(),
+        )
+        .await
+        .with_context(|| format!("the member at {} did not rotate", config.server))?;
+    let expiry: serde_json::Value = serde_json::from_slice(&answer)?;
+    println!(
+        "Rotated. The member at {} now serves a certificate valid until {}; the admin kubeconfig in {} until {}.",
+        config.server,
+        expiry["apiserver"].as_str().unwrap_or("?"),
+        data_dir.display(),
+        expiry["admin"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
 /// The join token, given or read from a file.
 pub(crate) fn read_token(token: Option<&String>, file: Option<&PathBuf>) -> anyhow::Result<String> {
     match (token, file) {

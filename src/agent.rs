@@ -329,6 +329,20 @@ async fn remove_pods(args: &AgentArgs) -> anyhow::Result<usize> {
     Ok(sandboxes.len())
 }
 
+/// An agent that joined with the token asks for a new client certificate
+/// when it starts within this many days of its expiry (k3s's rule).
+pub(crate) const RENEW_WITHIN_DAYS: i64 = 90;
+
+/// Whether the client certificate in the kubeconfig at `path` is missing,
+/// unreadable or expires within [`RENEW_WITHIN_DAYS`].
+fn needs_credentials(path: &std::path::Path) -> bool {
+    let Ok(config) = Kubeconfig::read(path) else {
+        return true;
+    };
+    keelson_control::pki::expiry(&config.cert_pem)
+        .is_none_or(|at| (at - chrono::Utc::now()).num_days() < RENEW_WITHIN_DAYS)
+}
+
 /// What the agent keeps of the members it may reach, for a restart while
 /// the one it joined through is down.
 const SERVERS_FILE: &str = "servers.json";
@@ -381,8 +395,11 @@ async fn join_through_balancer(
     let through = format!("https://{local}");
 
     let path = args.data_dir.join("kubeconfig");
-    if !path.exists() {
-        let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref())?;
+    let token = crate::admin::read_token(args.token.as_ref(), args.token_file.as_ref());
+    if path.exists() && needs_credentials(&path) && token.is_err() {
+        tracing::warn!(kubeconfig = %path.display(), "the client certificate expires soon, and there is no token to renew it with");
+    } else if needs_credentials(&path) {
+        let token = token?;
         // Through the balancer: whichever member answers issues it.
         let joined = keelson_control::join::join_cluster_patiently(
             &through,

@@ -186,6 +186,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_in_deploy_are_valid() {
+        use clap::Parser;
+        for (command, file) in [("server", "server.yaml"), ("agent", "agent.yaml")] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/").to_owned() + file;
+            let argv = expand(args(&["keelson", command, "--config", &path])).unwrap();
+            assert!(argv.len() > 4, "{argv:?}");
+            crate::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
     fn unknown_settings_and_other_commands() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.yaml");

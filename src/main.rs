@@ -83,6 +83,9 @@ enum Command {
     /// List the control plane's members; remove a lost one.
     #[command(subcommand)]
     Member(admin::MemberCommand),
+    /// Renew a member's certificates.
+    #[command(subcommand)]
+    Certs(admin::CertsCommand),
     /// Local clusters.
     #[command(subcommand)]
     Profile(local::ProfileCommand),
@@ -251,6 +254,7 @@ fn main() -> ExitCode {
             Command::Status(args) => local::status(args).await,
             Command::Snapshot(command) => admin::snapshot(command).await,
             Command::Member(command) => admin::member(command).await,
+            Command::Certs(command) => admin::certs(command).await,
             Command::Profile(command) => local::profile(command).await,
             Command::Stop(args) => local::stop(args).await,
             Command::Start(args) => local::start(args).await,

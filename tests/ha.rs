@@ -393,6 +393,21 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
         status.contains("cluster CA") && status.contains("expires"),
         "{status}"
     );
+    // Certificates renewed while the member runs: the new ones on disk,
+    // the API answering throughout.
+    let serving = machines.data_dir(0).join("pki/apiserver.crt");
+    let before = std::fs::read_to_string(&serving).expect("the serving certificate");
+    let rotated = machines.keelson_ok(&[
+        "certs",
+        "rotate",
+        "--data-dir",
+        machines.data_dir(0).to_str().expect("utf-8 path"),
+    ]);
+    assert!(rotated.contains("Rotated"), "{rotated}");
+    assert_ne!(
+        std::fs::read_to_string(&serving).expect("the serving certificate"),
+        before
+    );
     deploy(&machines);
 
     // 1. A rolling restart, one member at a time, kubectl sampled throughout.

@@ -175,7 +175,44 @@ pub fn reachable(address: SocketAddr) -> SocketAddr {
     address
 }
 
-fn tls_config(ca: &ClusterCa, serving: &crate::pki::Issued) -> Result<Arc<rustls::ServerConfig>> {
+/// The API's serving certificate, replaced while the server runs
+/// (`keelson certs rotate`): new handshakes get the new one, established
+/// connections keep theirs.
+#[derive(Debug)]
+struct ServingCertificate(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ServingCertificate {
+    fn certified(issued: &crate::pki::Issued) -> Result<Arc<rustls::sign::CertifiedKey>> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                .flatten()
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| rustls::Error::General(format!("serving key: {e}")))?;
+        let key = rustls::crypto::ring::sign::any_supported_type(&key)?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+    }
+
+    fn replace(&self, issued: &crate::pki::Issued) -> Result<()> {
+        let certified = Self::certified(issued)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = certified;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCertificate {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+fn tls_config(
+    ca: &ClusterCa,
+    serving: Arc<ServingCertificate>,
+) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()).flatten() {
@@ -184,18 +221,51 @@ fn tls_config(ca: &ClusterCa, serving: &crate::pki::Issued) -> Result<Arc<rustls
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
-            .flatten()
-            .collect();
-    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes())
-        .map_err(|e| rustls::Error::General(format!("serving key: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// What a member issues itself from the cluster CA, at start and on
+/// rotation: the API serving certificate, and the admin's credentials.
+struct Certificates {
+    ca: ClusterCa,
+    hosts: Vec<String>,
+    data_dir: std::path::PathBuf,
+    cluster_name: String,
+    server_url: String,
+    serving: Arc<ServingCertificate>,
+}
+
+impl Certificates {
+    /// Issues both, writes them to `DATA_DIR`, serves the new serving
+    /// certificate from now on; their expiry dates.
+    fn issue(&self) -> Result<serde_json::Value> {
+        let serving = self.ca.issue_server(&self.hosts)?;
+        let admin = self.ca.issue_client(ADMIN_USER, &[ADMIN_GROUP])?;
+        let pki = self.data_dir.join("pki");
+        write(&pki.join("ca.crt"), &self.ca.cert_pem, false)?;
+        write(&pki.join("apiserver.crt"), &serving.cert_pem, false)?;
+        write(&pki.join("apiserver.key"), &serving.key_pem, true)?;
+        let admin_config = kubeconfig(
+            &self.cluster_name,
+            &self.server_url,
+            &self.ca.cert_pem,
+            ADMIN_USER,
+            &admin,
+        );
+        write(&self.data_dir.join("admin.kubeconfig"), &admin_config, true)?;
+        self.serving.replace(&serving)?;
+        let expiry = |pem: &str| crate::pki::expiry(pem).map(|at| at.to_rfc3339());
+        Ok(serde_json::json!({
+            "apiserver": expiry(&serving.cert_pem),
+            "admin": expiry(&admin.cert_pem),
+            "ca": expiry(&self.ca.cert_pem),
+        }))
+    }
 }
 
 /// Serves the Kubernetes API on `listener` until `shutdown`.
@@ -225,26 +295,18 @@ pub async fn run(
     hosts.extend(config.extra_hosts.iter().cloned());
     hosts.sort();
     hosts.dedup();
-    let serving = ca.issue_server(&hosts)?;
-    let admin = ca.issue_client(ADMIN_USER, &[ADMIN_GROUP])?;
-    let pki = config.data_dir.join("pki");
-    write(&pki.join("ca.crt"), &ca.cert_pem, false)?;
-    write(&pki.join("apiserver.crt"), &serving.cert_pem, false)?;
-    write(&pki.join("apiserver.key"), &serving.key_pem, true)?;
-    let server_url = format!("https://{address}");
-    let admin_config = kubeconfig(
-        &config.cluster_name,
-        &server_url,
-        &ca.cert_pem,
-        ADMIN_USER,
-        &admin,
-    );
-    write(
-        &config.data_dir.join("admin.kubeconfig"),
-        &admin_config,
-        true,
-    )?;
-
+    let placeholder = ca.issue_server(&hosts)?;
+    let certificates = Arc::new(Certificates {
+        ca: ca.clone(),
+        hosts,
+        data_dir: config.data_dir.clone(),
+        cluster_name: config.cluster_name.clone(),
+        server_url: format!("https://{address}"),
+        serving: Arc::new(ServingCertificate(std::sync::RwLock::new(
+            ServingCertificate::certified(&placeholder)?,
+        ))),
+    });
+    certificates.issue()?;
     let bootstrap = patiently(&shutdown, "join token", || async {
         match Bootstrap::from_store(
             &store,
@@ -271,6 +333,10 @@ pub async fn run(
             address: address.to_string(),
             tolerations: config.default_tolerations,
             metrics: config.metrics.clone(),
+            rotate: Some(crate::api::RotateCertificates(Arc::new({
+                let certificates = certificates.clone();
+                move || certificates.issue().map_err(|e| e.to_string())
+            }))),
         },
         shutdown.clone(),
     );
@@ -292,7 +358,7 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let acceptor = TlsAcceptor::from(tls_config(&ca, &serving)?);
+    let acceptor = TlsAcceptor::from(tls_config(&ca, certificates.serving.clone())?);
     tracing::info!(address = %address, kubeconfig = %config.data_dir.join("admin.kubeconfig").display(), "serving Kubernetes API");
     let connections = tokio_util::task::TaskTracker::new();
     loop {

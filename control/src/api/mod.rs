@@ -104,6 +104,7 @@ pub struct Api {
     /// What pods tolerate of their node's failures unless they say.
     tolerations: defaults::DefaultTolerations,
     metrics: Option<MetricsRender>,
+    rotate: Option<RotateCertificates>,
     /// TLS towards node agents (logs, exec).
     nodes: Option<proxy::NodeConnector>,
     /// Nodes' and pods' CPU and memory, for `metrics.k8s.io`.
@@ -223,6 +224,21 @@ pub struct Settings {
     pub tolerations: defaults::DefaultTolerations,
     /// Renders the process's metrics for `GET /metrics`.
     pub metrics: Option<MetricsRender>,
+    /// Issues the member's own certificates again and serves the new ones.
+    pub rotate: Option<RotateCertificates>,
+}
+
+/// Issues a member's certificates again (`POST
+/// /keelson/v1/certificates/rotate`); their expiry dates.
+#[derive(Clone)]
+pub struct RotateCertificates(
+    pub Arc<dyn Fn() -> std::result::Result<Value, String> + Send + Sync>,
+);
+
+impl std::fmt::Debug for RotateCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RotateCertificates")
+    }
 }
 
 impl Api {
@@ -251,6 +267,7 @@ impl Api {
             shutdown,
             tolerations: settings.tolerations,
             metrics: settings.metrics,
+            rotate: settings.rotate,
         })
     }
 
@@ -313,6 +330,15 @@ impl Api {
                         .await
                         .map(|a| json_response(StatusCode::OK, &a)),
                     Err(_) => Err(ApiError::too_large(64 * 1024)),
+                };
+                (answer, "POST", String::new())
+            }
+            (&Method::POST, "/keelson/v1/certificates/rotate") if authenticated => {
+                let answer = match &self.rotate {
+                    Some(rotate) => (rotate.0)()
+                        .map(|expiry| json_response(StatusCode::OK, &expiry))
+                        .map_err(|e| ApiError::internal(format!("cannot rotate: {e}"))),
+                    None => Err(ApiError::no_such_path()),
                 };
                 (answer, "POST", String::new())
             }
