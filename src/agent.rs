@@ -404,7 +404,7 @@ async fn join_through_balancer(
         let joined = keelson_control::join::join_cluster_patiently(
             &through,
             &token,
-            serde_json::json!({"name": name, "role": "agent"}),
+            serde_json::json!({"name": name, "role": "agent", "version": keelson_control::join::VERSION}),
         )
         .await
         .with_context(|| format!("cannot join the cluster through {}", args.server.join(",")))?;

@@ -606,7 +606,12 @@ async fn placement(
     let joined = keelson_control::join::join_cluster_patiently(
         server,
         &token,
-        serde_json::json!({"name": args.name, "role": "server", "peerURLs": advertise_peer}),
+        serde_json::json!({
+            "name": args.name,
+            "role": "server",
+            "peerURLs": advertise_peer,
+            "version": keelson_control::join::VERSION,
+        }),
     )
     .await
     .with_context(|| format!("cannot join the cluster at {server}"))?;

@@ -6,7 +6,8 @@
 //! operations of docs/operations.md, one after another:
 //!
 //! 1. a rolling restart of all three members while kubectl is sampled
-//!    continuously;
+//!    continuously, then a full outage after which the two members that
+//!    joined come back without the first;
 //! 2. a snapshot saved under write load, every member's data destroyed,
 //!    the snapshot restored and the others joined again: every object
 //!    written before the snapshot is back and the workload runs again;
@@ -426,6 +427,23 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
         gap <= API_GAP,
         "kubectl went {gap:?} without an answer during the rolling restart ({failures} failed, {reads} answered)"
     );
+
+    // A full outage, and every member back but the one the others joined
+    // through: they form a quorum and serve without it.
+    for i in 0..MEMBERS {
+        machines.stop_member(i);
+    }
+    machines.start_member(1, &[]);
+    machines.start_member(2, &[]);
+    machines.wait_for_voters(1, MEMBERS - 1);
+    wait_until(CONVERGE, "the API without the first member", || {
+        machines
+            .kubectl(&["get", "deployment", "web"])
+            .status
+            .success()
+    });
+    machines.start_member(0, &[]);
+    machines.wait_for_voters(0, MEMBERS);
 
     // 2. A snapshot under write load; every member's data destroyed; the
     //    snapshot restored on the first machine, the others joined again.

@@ -54,6 +54,47 @@ fn pem_hash(pem: &str) -> String {
         .collect()
 }
 
+/// This release, as joiners announce it and members compare it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `MAJOR.MINOR` of a release string like `0.3.1`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether a joiner of `version` may join a cluster member of `ours` in
+/// `role`: members may differ by one minor release (a rolling upgrade goes
+/// one step at a time); node agents may be up to three minor releases
+/// older than the control plane, never newer, as Kubernetes allows
+/// kubelets. A joiner that says nothing is let in (older releases did not).
+pub fn version_skew(role: &str, ours: &str, version: Option<&str>) -> Result<(), String> {
+    let Some(version) = version else {
+        return Ok(());
+    };
+    let (Some((major, minor)), Some((our_major, our_minor))) =
+        (major_minor(version), major_minor(ours))
+    else {
+        return Err(format!("version {version:?} is not MAJOR.MINOR.PATCH"));
+    };
+    let fits = major == our_major
+        && match role {
+            "server" => minor.abs_diff(our_minor) <= 1,
+            _ => minor <= our_minor && our_minor - minor <= 3,
+        };
+    if fits {
+        Ok(())
+    } else if role == "server" {
+        Err(format!(
+            "this member runs {version} and the cluster {ours}: members may differ by one minor release; upgrade one release at a time"
+        ))
+    } else {
+        Err(format!(
+            "this agent runs {version} and the control plane {ours}: agents may be up to three minor releases older than the control plane, never newer"
+        ))
+    }
+}
+
 /// Why joining a cluster failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -306,6 +347,8 @@ impl Bootstrap {
                 "name {name:?} must be a lowercase RFC 1123 subdomain"
             )));
         }
+        let role = request["role"].as_str().unwrap_or("agent");
+        version_skew(role, VERSION, request["version"].as_str()).map_err(ApiError::bad_request)?;
         // Kubernetes' identities: a node's kubelet, or a control-plane member.
         let (user, groups): (String, &[&str]) = match request["role"].as_str().unwrap_or("agent") {
             "agent" => (format!("system:node:{name}"), &["system:nodes"]),
@@ -387,6 +430,21 @@ mod tests {
             ca: ClusterCa::generate().unwrap(),
             cluster_token: "keelson".into(),
         }
+    }
+
+    #[test]
+    fn versions_may_differ_as_far_as_an_upgrade_goes() {
+        assert!(version_skew("server", "0.3.0", Some("0.3.7")).is_ok());
+        assert!(version_skew("server", "0.3.0", Some("0.4.0")).is_ok());
+        assert!(version_skew("server", "0.3.0", Some("0.2.1")).is_ok());
+        let far = version_skew("server", "0.3.0", Some("0.5.0")).unwrap_err();
+        assert!(far.contains("one minor release"), "{far}");
+        assert!(version_skew("server", "1.0.0", Some("0.9.0")).is_err());
+        assert!(version_skew("agent", "0.5.0", Some("0.2.0")).is_ok());
+        assert!(version_skew("agent", "0.5.0", Some("0.1.0")).is_err());
+        assert!(version_skew("agent", "0.5.0", Some("0.6.0")).is_err());
+        assert!(version_skew("agent", "0.5.0", None).is_ok());
+        assert!(version_skew("agent", "0.5.0", Some("five")).is_err());
     }
 
     #[test]
