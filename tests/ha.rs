@@ -40,6 +40,7 @@ struct Machines {
     net: Network,
     members: Vec<Option<Background>>,
     _balancer: Background,
+    balancer_address: std::net::SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -295,9 +296,8 @@ impl Sampler {
     }
 }
 
-/// The first member, then two joins, two agents that join with the token,
-/// and a balancer in front of the members' APIs for kubectl.
-fn build() -> Machines {
+/// The machines, and a balancer on the host in front of the members' APIs.
+fn machines() -> Machines {
     let net = Network::create(MEMBERS + NODES.len());
     let dir = tempfile::tempdir().expect("the test's directory");
     let listener = std::net::TcpListener::bind((net.gateway.as_str(), 0)).expect("a port");
@@ -313,13 +313,47 @@ fn build() -> Machines {
         balancer.args(["--member", &format!("{ip}:6443={ip}:2381")]);
     }
     let balancer = spawn_background(balancer, "the load balancer".into());
-    let mut machines = Machines {
+    Machines {
         net,
         members: (0..MEMBERS).map(|_| None).collect(),
         _balancer: balancer,
+        balancer_address,
         dir,
-    };
+    }
+}
 
+impl Machines {
+    /// The admin's credentials from member `i`, through the balancer.
+    fn write_kubeconfig(&self, i: usize) {
+        let admin =
+            keelson_control::client::Kubeconfig::read(&self.data_dir(i).join("admin.kubeconfig"))
+                .expect("the admin kubeconfig");
+        let text = keelson_control::pki::kubeconfig(
+            "ha",
+            &format!("https://{}", self.balancer_address),
+            &admin.ca_pem,
+            "kubernetes-admin",
+            &keelson_control::pki::Issued {
+                cert_pem: admin.cert_pem,
+                key_pem: admin.key_pem,
+            },
+        );
+        std::fs::write(self.kubeconfig(), text).expect("write the kubeconfig");
+    }
+
+    fn wait_for_nodes(&self) {
+        wait_until(CONVERGE, "both nodes Ready", || {
+            let output = self.kubectl(&["get", "nodes", "--no-headers"]);
+            let text = String::from_utf8_lossy(&output.stdout);
+            text.lines().filter(|l| l.contains(" Ready ")).count() == NODES.len()
+        });
+    }
+}
+
+/// The first member, then two joins, two agents that join with the token,
+/// and a balancer in front of the members' APIs for kubectl.
+fn build() -> Machines {
+    let mut machines = machines();
     machines.start_member(0, &[]);
     let token = machines.data_dir(0).join("token");
     wait_until(CONVERGE, "the first member's join token", || token.exists());
@@ -329,21 +363,7 @@ fn build() -> Machines {
     }
     machines.wait_for_voters(0, MEMBERS);
 
-    // The admin's credentials, through the balancer.
-    let admin =
-        keelson_control::client::Kubeconfig::read(&machines.data_dir(0).join("admin.kubeconfig"))
-            .expect("the admin kubeconfig");
-    let text = keelson_control::pki::kubeconfig(
-        "ha",
-        &format!("https://{balancer_address}"),
-        &admin.ca_pem,
-        "kubernetes-admin",
-        &keelson_control::pki::Issued {
-            cert_pem: admin.cert_pem,
-            key_pem: admin.key_pem,
-        },
-    );
-    std::fs::write(machines.kubeconfig(), text).expect("write the kubeconfig");
+    machines.write_kubeconfig(0);
 
     let server = format!("https://{}:6443", machines.member_ip(0));
     let token_file = machines.token_file();
@@ -359,11 +379,7 @@ fn build() -> Machines {
             &[],
         );
     }
-    wait_until(CONVERGE, "both nodes Ready", || {
-        let output = machines.kubectl(&["get", "nodes", "--no-headers"]);
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.lines().filter(|l| l.contains(" Ready ")).count() == NODES.len()
-    });
+    machines.wait_for_nodes();
     machines
 }
 
@@ -562,4 +578,116 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
     }
     machines.wait_for_voters(0, MEMBERS);
     machines.wait_for_ready_replicas("web", 3);
+}
+
+/// Member `i`'s flags in etcd's style, which every release takes.
+fn founding_flags(machines: &Machines, i: usize) -> Vec<String> {
+    let ip = machines.member_ip(i);
+    let cluster: Vec<String> = (0..MEMBERS)
+        .map(|j| format!("server-{j}=http://{}:2380", machines.member_ip(j)))
+        .collect();
+    let mut flags: Vec<String> = vec!["server".into(), "--name".into(), format!("server-{i}")];
+    for (flag, value) in [
+        ("--data-dir", machines.data_dir(i).display().to_string()),
+        ("--listen-client-urls", format!("http://{ip}:2379")),
+        ("--advertise-client-urls", format!("http://{ip}:2379")),
+        ("--listen-peer-urls", format!("http://{ip}:2380")),
+        ("--initial-advertise-peer-urls", format!("http://{ip}:2380")),
+        ("--listen-metrics-urls", format!("http://{ip}:2381")),
+        ("--initial-cluster", cluster.join(",")),
+        ("--initial-cluster-token", "upgrade-test".into()),
+        ("--listen-api-url", format!("https://{ip}:6443")),
+        ("--tls-san", machines.net.gateway.clone()),
+        ("--cluster-cidr", machines.net.cluster_cidr()),
+        ("--service-cluster-ip-range", machines.net.service_cidr()),
+    ] {
+        flags.push(flag.into());
+        flags.push(value);
+    }
+    flags
+}
+
+/// A cluster of the previous release (`KEELSON_PREVIOUS_BIN`, built by
+/// `deploy/upgrade-check.sh`) upgraded to this one member by member, then
+/// agent by agent, while kubectl is sampled: members and agents of the two
+/// releases work together throughout. Without that binary there is nothing
+/// to upgrade from: the test says so and passes.
+#[test]
+fn a_rolling_upgrade_from_the_previous_release_keeps_the_api() {
+    let Some(previous) = std::env::var_os("KEELSON_PREVIOUS_BIN").map(PathBuf::from) else {
+        eprintln!(
+            "no KEELSON_PREVIOUS_BIN: nothing to upgrade from (deploy/upgrade-check.sh builds one)"
+        );
+        return;
+    };
+    let mut machines = machines();
+    for i in 0..MEMBERS {
+        let flags = founding_flags(&machines, i);
+        let args: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        let command = machines.net.binary_in(&previous, i, &args);
+        machines.members[i] = Some(spawn_background(command, format!("previous server-{i}")));
+    }
+    machines.wait_for_voters(0, MEMBERS);
+    wait_until(CONVERGE, "the admin kubeconfig and the token", || {
+        machines.data_dir(0).join("admin.kubeconfig").exists()
+            && machines.data_dir(0).join("token").exists()
+    });
+    machines.write_kubeconfig(0);
+    // Agents of the previous release, with credentials from the join
+    // endpoint both releases serve.
+    let token = std::fs::read_to_string(machines.data_dir(0).join("token"))
+        .expect("the join token")
+        .trim()
+        .to_owned();
+    let server = format!("https://{}:6443", machines.member_ip(0));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for i in NODES {
+        let name = machines.net.nodes[i].name.clone();
+        let joined = runtime
+            .block_on(keelson_control::join::join_cluster(
+                &server,
+                &token,
+                json!({"name": name, "role": "agent"}),
+            ))
+            .expect("credentials for the agent");
+        let path = machines.dir.path().join(format!("agent-{i}.kubeconfig"));
+        std::fs::write(&path, joined.kubeconfig("ha", &server)).expect("write");
+        machines.net.start_agent_of(
+            &previous,
+            i,
+            &["--kubeconfig".as_ref(), path.as_os_str()],
+            &[],
+        );
+    }
+    machines.wait_for_nodes();
+    deploy(&machines);
+
+    let sampler = Sampler::start(&machines.kubeconfig(), "", false);
+    sampler.wait_for_more(1, "the previous release runs");
+    for i in 0..MEMBERS {
+        machines.stop_member(i);
+        let flags = founding_flags(&machines, i);
+        let args: Vec<&OsStr> = flags.iter().map(OsStr::new).collect();
+        let command = machines.net.keelson_in(i, &args);
+        machines.members[i] = Some(spawn_background(command, format!("upgraded server-{i}")));
+        machines.wait_for_voters(i, MEMBERS);
+        sampler.wait_for_more(3, &format!("server-{i} runs this release"));
+    }
+    for i in NODES {
+        machines.net.kill_agent(i);
+        let path = machines.dir.path().join(format!("agent-{i}.kubeconfig"));
+        machines
+            .net
+            .start_agent_with(i, &["--kubeconfig".as_ref(), path.as_os_str()], &[]);
+        sampler.wait_for_more(3, "an agent is upgraded");
+    }
+    machines.wait_for_nodes();
+    machines.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"]);
+    machines.wait_for_ready_replicas("web", 3);
+    let (gap, failures, reads) = sampler.finish();
+    eprintln!("rolling upgrade: {reads} reads answered, {failures} failed, longest gap {gap:?}");
+    assert!(
+        gap <= API_GAP,
+        "kubectl went {gap:?} without an answer during the upgrade ({failures} failed)"
+    );
 }

@@ -190,10 +190,15 @@ impl Network {
     /// one also remounts /sys, which hides the cgroup hierarchies the
     /// containers need).
     pub(crate) fn keelson_in(&self, i: usize, args: &[&std::ffi::OsStr]) -> Command {
+        self.binary_in(Path::new(env!("CARGO_BIN_EXE_keelson")), i, args)
+    }
+
+    /// `BINARY ARGS` in namespace `i` (another release of keelson).
+    pub(crate) fn binary_in(&self, binary: &Path, i: usize, args: &[&std::ffi::OsStr]) -> Command {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net=/run/netns/{}", self.nodes[i].netns))
-            .arg(env!("CARGO_BIN_EXE_keelson"))
+            .arg(binary)
             .args(args);
         command
     }
@@ -211,9 +216,21 @@ impl Network {
         access: &[&std::ffi::OsStr],
         extra: &[&str],
     ) {
+        let binary = Path::new(env!("CARGO_BIN_EXE_keelson"));
+        self.start_agent_of(binary, i, access, extra);
+    }
+
+    /// [`Network::start_agent_with`], with the agent of another release.
+    pub(crate) fn start_agent_of(
+        &mut self,
+        binary: &Path,
+        i: usize,
+        access: &[&std::ffi::OsStr],
+        extra: &[&str],
+    ) {
         let (cluster_cidr, service_cidr, dns) =
             (self.cluster_cidr(), self.service_cidr(), self.cluster_dns());
-        let mut command = self.keelson_in(i, &[]);
+        let mut command = self.binary_in(binary, i, &[]);
         let node = &mut self.nodes[i];
         command
             .args(["agent", "--node-name", &node.name, "--node-ip", &node.ip])
