@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use keelson_raftstore::admin;
+use keelson_raftstore::tls::MemberTls;
 
 /// Which member to ask: its client URL, or its data directory (where a
 /// running member notes its URLs).
@@ -22,6 +23,23 @@ pub(crate) struct MemberTarget {
 impl MemberTarget {
     pub(crate) fn is_given(&self) -> bool {
         self.endpoints.is_some() || self.data_dir.is_some()
+    }
+
+    /// The client URL to ask, and the member's certificates for it when
+    /// it is `https://` (from `--data-dir`).
+    fn connection(&self) -> anyhow::Result<(String, Option<MemberTls>)> {
+        let endpoint = self.endpoint()?;
+        let tls = match &self.data_dir {
+            Some(dir) => MemberTls::read(dir)
+                .with_context(|| format!("the member's certificates in {}", dir.display()))?,
+            None => None,
+        };
+        if endpoint.starts_with("https://") && tls.is_none() {
+            bail!(
+                "{endpoint} serves TLS: give --data-dir of a member on this machine for its certificates"
+            );
+        }
+        Ok((endpoint, tls))
     }
 
     /// The client URL to ask.
@@ -157,8 +175,8 @@ pub(crate) fn read_token(token: Option<&String>, file: Option<&PathBuf>) -> anyh
 pub(crate) async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     match command {
         SnapshotCommand::Save { file, target } => {
-            let endpoint = target.endpoint()?;
-            let info = admin::save_snapshot(&endpoint, &file).await?;
+            let (endpoint, tls) = target.connection()?;
+            let info = admin::save_snapshot(&endpoint, tls.as_ref(), &file).await?;
             println!(
                 "Snapshot saved at {} from {endpoint}: {} bytes, revision {}, sha256 {}",
                 file.display(),
@@ -188,6 +206,7 @@ pub(crate) async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                 bail!("the token is not a join token (K10<CA hash>::keelson:<secret>)");
             };
             let restored = admin::restore_snapshot(&file, &data_dir)?;
+            restore_ca(&data_dir, secret)?;
             let cluster = serde_json::json!({
                 "clusterToken": secret,
                 "initialCluster": [],
@@ -209,18 +228,46 @@ pub(crate) async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the cluster CA of restored data into `DATA_DIR/pki`, unsealed with
+/// the token's secret: the restored member's store certificates come from
+/// it, and it is the CA the other members and the agents already trust.
+fn restore_ca(data_dir: &Path, secret: &str) -> anyhow::Result<()> {
+    use keelson_raftstore::store::{MvccStore, StoreConfig};
+    let store = MvccStore::open(&admin::store_dir(data_dir), StoreConfig::default())?;
+    let read = |key: &[u8]| {
+        store
+            .get(key, store.revision())
+            .map(|kv| kv.map(|kv| kv.value))
+    };
+    let (Some(wrapped), Some(sealed)) = (
+        read(keelson_control::secrets::DATA_KEY)?,
+        read(keelson_control::server::CA_KEY)?,
+    ) else {
+        let ca = keelson_control::pki::ClusterCa::generate()?;
+        println!(
+            "The snapshot holds no cluster CA (no API server ever ran on it): made a new one."
+        );
+        return crate::server::write_ca(data_dir, &ca.cert_pem, &ca.key_pem);
+    };
+    let sealer = keelson_control::secrets::Sealer::from_wrapped(&wrapped, secret)
+        .context("the token does not open this snapshot's keys: is it this cluster's token?")?;
+    let ca = keelson_control::server::open_ca(&sealer, &sealed)
+        .context("the snapshot's cluster CA does not open")?;
+    crate::server::write_ca(data_dir, &ca.cert_pem, &ca.key_pem)
+}
+
 pub(crate) async fn member(command: MemberCommand) -> anyhow::Result<()> {
     match command {
         MemberCommand::List { target } => {
-            let endpoint = target.endpoint()?;
-            let health = admin::cluster_health(&endpoint).await?;
+            let (endpoint, tls) = target.connection()?;
+            let health = admin::cluster_health(&endpoint, tls.as_ref()).await?;
             for line in member_table(&health) {
                 println!("{line}");
             }
         }
         MemberCommand::Remove { name, target } => {
-            let endpoint = target.endpoint()?;
-            let health = admin::cluster_health(&endpoint).await?;
+            let (endpoint, tls) = target.connection()?;
+            let health = admin::cluster_health(&endpoint, tls.as_ref()).await?;
             let Some(found) = health
                 .members
                 .iter()
@@ -228,7 +275,7 @@ pub(crate) async fn member(command: MemberCommand) -> anyhow::Result<()> {
             else {
                 bail!("no member is named {name:?}; `keelson member list` shows the members");
             };
-            admin::remove_member(&endpoint, found.member.id).await?;
+            admin::remove_member(&endpoint, tls.as_ref(), found.member.id).await?;
             println!(
                 "Member {name} ({:x}) removed. A replacement joins with an empty data directory: keelson server --join https://MEMBER:6443 --token-file TOKEN …",
                 found.member.id
@@ -364,8 +411,8 @@ fn certificate_lines(data_dir: &Path) -> Vec<String> {
 /// its quorum in plain words, and the certificates' expiry. Fails (exit 7)
 /// when quorum is lost.
 pub(crate) async fn status(target: &MemberTarget) -> anyhow::Result<()> {
-    let endpoint = target.endpoint()?;
-    let health = admin::cluster_health(&endpoint).await?;
+    let (endpoint, tls) = target.connection()?;
+    let health = admin::cluster_health(&endpoint, tls.as_ref()).await?;
     println!("Control plane (as {endpoint} sees it):");
     for line in member_table(&health) {
         println!("  {line}");

@@ -211,6 +211,8 @@ impl ServerArgs {
         Ok(keelson_control::server::ApiConfig {
             data_dir,
             store_endpoints,
+            store_tls: None,
+            initial_ca: None,
             extra_hosts: host_name()
                 .into_iter()
                 .chain(self.tls_san.iter().filter(|s| !s.is_empty()).cloned())
@@ -362,13 +364,33 @@ fn parse_member(text: &str) -> Result<(String, String), String> {
 
 /// `http://host:port` → `host:port`.
 fn listen_address(url: &str) -> anyhow::Result<&str> {
-    if url.starts_with("https://") {
-        bail!("{url}: TLS client URLs are not served yet; use http://");
-    }
     let address = url
         .strip_prefix("http://")
-        .with_context(|| format!("{url}: expected http://HOST:PORT"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .with_context(|| format!("{url}: expected http(s)://HOST:PORT"))?;
     Ok(address.trim_end_matches('/'))
+}
+
+/// Store URLs are `https://` exactly when the member has certificates (it
+/// was founded with `--cluster-init` or joined with `--join`).
+fn check_schemes(urls: &Urls, secure: bool) -> anyhow::Result<()> {
+    for url in urls
+        .client
+        .iter()
+        .chain(&urls.peer)
+        .chain(&urls.advertise_peer)
+    {
+        match (secure, url.starts_with("https://")) {
+            (true, false) => bail!(
+                "{url}: a member founded with --cluster-init or joined with --join serves its store over TLS; use https://"
+            ),
+            (false, true) => bail!(
+                "{url}: only members founded with --cluster-init or joined with --join have store certificates; use http://"
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 async fn bind(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
@@ -461,18 +483,20 @@ struct Urls {
 }
 
 impl ServerArgs {
-    fn urls(&self) -> Urls {
+    /// The URLs; the store's are `https://` for a `secure` member.
+    fn urls(&self, secure: bool) -> Urls {
         let at = |scheme: &str, port: u16| {
             self.advertise_address
                 .map(|ip| format!("{scheme}://{}", SocketAddr::new(ip, port)))
         };
+        let store = if secure { "https" } else { "http" };
         let client = self.listen_client_urls.clone().unwrap_or_else(|| {
-            vec![at("http", 2379).unwrap_or_else(|| "http://localhost:2379".into())]
+            vec![at(store, 2379).unwrap_or_else(|| format!("{store}://localhost:2379"))]
         });
         let peer = self
             .listen_peer_urls
             .clone()
-            .unwrap_or_else(|| at("http", 2380).into_iter().collect());
+            .unwrap_or_else(|| at(store, 2380).into_iter().collect());
         Urls {
             advertise_client: self
                 .advertise_client_urls
@@ -485,7 +509,7 @@ impl ServerArgs {
                 .unwrap_or_else(|| at("http", 2381).into_iter().collect()),
             advertise_peer: self.initial_advertise_peer_urls.clone().unwrap_or_else(|| {
                 if peer.is_empty() {
-                    vec!["http://localhost:2380".into()]
+                    vec![format!("{store}://localhost:2380")]
                 } else {
                     peer.clone()
                 }
@@ -542,6 +566,88 @@ pub(crate) fn write_private(path: &std::path::Path, text: &str) -> anyhow::Resul
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The cluster CA's key beside the member's store certificates.
+const CA_KEY_FILE: &str = "pki/ca.key";
+
+/// Keeps the cluster CA in `DATA_DIR/pki`, which the member's store
+/// certificates are issued from.
+pub(crate) fn write_ca(
+    data_dir: &std::path::Path,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<()> {
+    write_private(&data_dir.join(keelson_raftstore::tls::CA_FILE), cert_pem)?;
+    write_private(&data_dir.join(CA_KEY_FILE), key_pem)
+}
+
+/// The member's store certificates: issued from the CA in `DATA_DIR/pki`
+/// when missing or within 90 days of expiry, for `hosts` (its advertised
+/// addresses, loopback and the host name).
+fn member_tls(
+    data_dir: &std::path::Path,
+    name: &str,
+    hosts: &[String],
+) -> anyhow::Result<(
+    keelson_raftstore::tls::MemberTls,
+    keelson_control::pki::ClusterCa,
+)> {
+    use keelson_raftstore::tls::{CA_FILE, CERT_FILE, KEY_FILE, MemberTls};
+    let read = |file: &str| {
+        std::fs::read_to_string(data_dir.join(file)).with_context(|| {
+            format!(
+                "no cluster CA in {} (a member founded with --cluster-init or joined with --join keeps it there)",
+                data_dir.join(file).display()
+            )
+        })
+    };
+    let ca = keelson_control::pki::ClusterCa {
+        cert_pem: read(CA_FILE)?,
+        key_pem: read(CA_KEY_FILE)?,
+    };
+    let current = MemberTls::read(data_dir).ok().flatten().filter(|tls| {
+        keelson_control::pki::expiry(&tls.cert_pem)
+            .is_some_and(|at| (at - chrono::Utc::now()).num_days() >= 90)
+    });
+    if let Some(tls) = current {
+        return Ok((tls, ca));
+    }
+    let issued = ca
+        .issue_member(name, hosts)
+        .context("cannot issue this member's store certificate")?;
+    write_private(&data_dir.join(CERT_FILE), &issued.cert_pem)?;
+    write_private(&data_dir.join(KEY_FILE), &issued.key_pem)?;
+    tracing::info!("issued this member's store certificate");
+    Ok((
+        MemberTls {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+        },
+        ca,
+    ))
+}
+
+/// The names a member's store certificate is for: the hosts of its
+/// advertised URLs, loopback and the host name.
+fn member_hosts(urls: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = urls
+        .iter()
+        .filter_map(|url| {
+            let authority = url.split("://").nth(1)?.trim_end_matches('/');
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => host,
+                _ => authority,
+            };
+            Some(host.trim_matches(['[', ']']).to_owned())
+        })
+        .chain(["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .chain(host_name())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 /// Where `--cluster-init` or `--join` puts this member: as recorded on an
 /// earlier start, or founded, or joined through `--join`'s API now.
 async fn placement(
@@ -584,6 +690,10 @@ async fn placement(
     };
     if args.cluster_init {
         let token = random_token()?;
+        if !data_dir.join(CA_KEY_FILE).exists() {
+            let ca = keelson_control::pki::ClusterCa::generate()?;
+            write_ca(data_dir, &ca.cert_pem, &ca.key_pem)?;
+        }
         save(&token, &[], false)?;
         return Ok(Placement {
             initial_cluster: Vec::new(),
@@ -633,6 +743,13 @@ async fn placement(
             "{server} answered the join without the cluster's members: is it a Keelson member of this version?"
         );
     }
+    let ca_key = joined.field("caKey");
+    if ca_key.is_empty() {
+        bail!(
+            "{server} answered the join without the cluster CA's key: is it a Keelson member of this version?"
+        );
+    }
+    write_ca(data_dir, &joined.ca_pem, ca_key)?;
     save(&cluster_token, &initial, true)?;
     tracing::info!(
         member = joined.field("memberID"),
@@ -704,6 +821,7 @@ pub(crate) const MEMBER_FILE: &str = "member.json";
 /// `interval`, keeping the newest `retention`.
 async fn scheduled_snapshots(
     endpoint: String,
+    tls: Option<keelson_raftstore::tls::MemberTls>,
     dir: PathBuf,
     name: String,
     interval: Duration,
@@ -724,7 +842,7 @@ async fn scheduled_snapshots(
             "{prefix}{}.db",
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
         ));
-        match keelson_raftstore::admin::save_snapshot(&endpoint, &file).await {
+        match keelson_raftstore::admin::save_snapshot(&endpoint, tls.as_ref(), &file).await {
             Ok(info) => {
                 metrics::counter!("keelson_snapshot_save_total", "result" => "success")
                     .increment(1);
@@ -771,7 +889,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if args.cluster_reset {
         return cluster_reset(&data_dir);
     }
-    let urls = args.urls();
+    let secure = args.cluster_init || args.join.is_some() || data_dir.join(CLUSTER_FILE).exists();
+    let urls = args.urls(secure && args.etcd_servers.is_empty());
     let api = bind_api(&urls.api).await?;
     // Against the given etcd, or (filled in below) this member's client port.
     let mut api_config = args.api_config(data_dir.clone(), args.etcd_servers.clone())?;
@@ -785,6 +904,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         return run_api(api, api_config, shutdown).await;
     }
+    check_schemes(&urls, secure)?;
     let mut clients = bind(&urls.client).await?;
     if clients.len() != 1 {
         bail!(
@@ -806,28 +926,27 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(listener) => advertised(&urls.advertise_peer, listener.local_addr()?),
         None => urls.advertise_peer.clone(),
     };
-    let placement =
-        if args.cluster_init || args.join.is_some() || data_dir.join(CLUSTER_FILE).exists() {
-            placement(&args, &data_dir, &advertise_peer).await?
-        } else {
-            if args.initial_cluster.len().is_multiple_of(2) && !args.initial_cluster.is_empty() {
-                tracing::warn!(
-                    members = args.initial_cluster.len(),
-                    "an even number of members tolerates no more failures than one member fewer"
-                );
-            }
-            Placement {
-                initial_cluster: args.initial_cluster.clone(),
-                state: if args.initial_cluster_state == "existing" {
-                    ClusterState::Existing
-                } else {
-                    ClusterState::New
-                },
-                cluster_token: args.initial_cluster_token.clone(),
-                promote: false,
-                print_token: false,
-            }
-        };
+    let placement = if secure {
+        placement(&args, &data_dir, &advertise_peer).await?
+    } else {
+        if args.initial_cluster.len().is_multiple_of(2) && !args.initial_cluster.is_empty() {
+            tracing::warn!(
+                members = args.initial_cluster.len(),
+                "an even number of members tolerates no more failures than one member fewer"
+            );
+        }
+        Placement {
+            initial_cluster: args.initial_cluster.clone(),
+            state: if args.initial_cluster_state == "existing" {
+                ClusterState::Existing
+            } else {
+                ClusterState::New
+            },
+            cluster_token: args.initial_cluster_token.clone(),
+            promote: false,
+            print_token: false,
+        }
+    };
     let metrics = match urls.metrics.as_slice() {
         [] => None,
         [url] => bind(std::slice::from_ref(url)).await?.pop(),
@@ -842,6 +961,23 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let advertise_client = advertised(&urls.advertise_client, bound);
     let local = keelson_control::server::reachable(bound);
+    let store_scheme = if secure { "https" } else { "http" };
+    let local_url = format!("{store_scheme}://{local}");
+    let tls = if secure {
+        let hosts = member_hosts(
+            &advertise_client
+                .iter()
+                .chain(&advertise_peer)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let (tls, ca) = member_tls(&data_dir, &args.name, &hosts)?;
+        api_config.store_tls = Some(tls.client());
+        api_config.initial_ca = Some(ca);
+        Some(tls)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     write_private(
@@ -850,7 +986,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             "{:#}\n",
             serde_json::json!({
                 "name": args.name,
-                "clientURL": format!("http://{local}"),
+                "clientURL": local_url,
                 "advertiseClientURLs": advertise_client,
                 "apiURL": urls.api,
             })
@@ -869,6 +1005,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         snapshot_count: args.snapshot_count,
         unsafe_stale_reads: args.unsafe_stale_reads,
         initial_cluster_token: placement.cluster_token,
+        tls: tls.clone(),
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
         progress_notify_interval: args.experimental_watch_progress_notify_interval,
@@ -881,7 +1018,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
     if !args.snapshot_interval.is_zero() {
         tokio::spawn(scheduled_snapshots(
-            format!("http://{local}"),
+            local_url.clone(),
+            tls.clone(),
             args.snapshot_dir
                 .clone()
                 .unwrap_or_else(|| data_dir.join("snapshots")),
@@ -918,7 +1056,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tokio::spawn(print_token(data_dir.clone(), url, shutdown.clone()));
     }
     // The API server reaches its store through this member's client port.
-    api_config.store_endpoints = vec![format!("http://{local}")];
+    api_config.store_endpoints = vec![local_url];
     let api = async {
         let outcome = run_api(api, api_config, shutdown.clone()).await;
         if outcome.is_err() {
@@ -961,7 +1099,10 @@ mod tests {
             listen_address("http://127.0.0.1:2379").unwrap(),
             "127.0.0.1:2379"
         );
-        assert!(listen_address("https://127.0.0.1:2379").is_err());
+        assert_eq!(
+            listen_address("https://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
         assert!(listen_address("127.0.0.1:2379").is_err());
         let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
         assert_eq!(
@@ -976,29 +1117,35 @@ mod tests {
         server: ServerArgs,
     }
 
-    fn urls_of(args: &[&str]) -> Urls {
+    fn urls_of(args: &[&str], secure: bool) -> Urls {
         use clap::Parser;
         let mut argv = vec!["server"];
         argv.extend_from_slice(args);
-        Command::parse_from(argv).server.urls()
+        Command::parse_from(argv).server.urls(secure)
     }
 
     #[test]
     fn the_advertise_address_fills_in_the_urls_not_given() {
-        let local = urls_of(&[]);
+        let local = urls_of(&[], false);
         assert_eq!(local.client, ["http://localhost:2379"]);
         assert!(local.peer.is_empty() && local.metrics.is_empty());
         assert_eq!(local.api, "https://127.0.0.1:6443");
-        let machine = urls_of(&[
-            "--advertise-address",
-            "10.0.0.2",
-            "--listen-client-urls",
-            "http://127.0.0.1:2379",
-        ]);
-        assert_eq!(machine.client, ["http://127.0.0.1:2379"]);
-        assert_eq!(machine.peer, ["http://10.0.0.2:2380"]);
-        assert_eq!(machine.advertise_peer, ["http://10.0.0.2:2380"]);
+        let machine = urls_of(
+            &[
+                "--advertise-address",
+                "10.0.0.2",
+                "--listen-client-urls",
+                "https://127.0.0.1:2379",
+            ],
+            true,
+        );
+        assert_eq!(machine.client, ["https://127.0.0.1:2379"]);
+        assert_eq!(machine.peer, ["https://10.0.0.2:2380"]);
+        assert_eq!(machine.advertise_peer, ["https://10.0.0.2:2380"]);
         assert_eq!(machine.metrics, ["http://10.0.0.2:2381"]);
         assert_eq!(machine.api, "https://10.0.0.2:6443");
+        assert!(check_schemes(&machine, true).is_ok());
+        assert!(check_schemes(&machine, false).is_err());
+        assert!(check_schemes(&local, true).is_err());
     }
 }

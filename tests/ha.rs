@@ -53,8 +53,20 @@ impl Machines {
         self.net.nodes[i].data.path().join("server")
     }
 
-    fn client_url(&self, i: usize) -> String {
-        format!("http://{}:2379", self.member_ip(i))
+    /// How `keelson member`, `snapshot` and `status` reach member `i`: its
+    /// data directory (where it notes its client URL, and keeps the
+    /// certificates its TLS needs), or its plain client URL for a release
+    /// that notes nothing.
+    fn member_flags(&self, i: usize) -> [String; 2] {
+        let dir = self.data_dir(i);
+        if dir.join("member.json").exists() {
+            ["--data-dir".into(), dir.display().to_string()]
+        } else {
+            [
+                "--endpoints".into(),
+                format!("http://{}:2379", self.member_ip(i)),
+            ]
+        }
     }
 
     fn token_file(&self) -> PathBuf {
@@ -137,7 +149,8 @@ impl Machines {
 
     /// Whether member `i` lists `voters` started voting members and no learner.
     fn has_voters(&self, i: usize, voters: usize) -> bool {
-        let output = self.keelson(&["member", "list", "--endpoints", &self.client_url(i)]);
+        let [flag, value] = self.member_flags(i);
+        let output = self.keelson(&["member", "list", &flag, &value]);
         let text = String::from_utf8_lossy(&output.stdout);
         output.status.success()
             && text.lines().filter(|l| l.contains(" started ")).count() == voters
@@ -410,6 +423,42 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
         status.contains("cluster CA") && status.contains("expires"),
         "{status}"
     );
+    // The store's ports speak TLS and want a certificate of the cluster CA.
+    let pki = machines.data_dir(0).join("pki");
+    let etcdctl = |certificates: bool| {
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg(format!(
+                "--endpoints=https://{}:2379",
+                machines.member_ip(0)
+            ))
+            .arg("--command-timeout=3s");
+        if certificates {
+            command
+                .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+                .arg(format!("--cert={}", pki.join("member.crt").display()))
+                .arg(format!("--key={}", pki.join("member.key").display()));
+        } else {
+            command.arg("--insecure-skip-tls-verify");
+        }
+        command
+            .args(["get", "/registry/namespaces/default", "--keys-only"])
+            .output()
+            .expect("run etcdctl")
+    };
+    let refused = etcdctl(false);
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate was served"
+    );
+    let served = etcdctl(true);
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+
     // Certificates renewed while the member runs: the new ones on disk,
     // the API answering throughout.
     let serving = machines.data_dir(0).join("pki/apiserver.crt");
@@ -469,12 +518,13 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
     });
     let snapshot = machines.dir.path().join("backup.db");
     let saving = Instant::now();
+    let [flag, value] = machines.member_flags(1);
     let saved = machines.keelson_ok(&[
         "snapshot",
         "save",
         snapshot.to_str().expect("utf-8 path"),
-        "--endpoints",
-        &machines.client_url(1),
+        &flag,
+        &value,
     ]);
     assert!(saved.contains("Snapshot saved"), "{saved}");
     wait_until(CONVERGE, "writes after the snapshot", || {
@@ -526,13 +576,8 @@ fn an_ha_cluster_on_three_machines_is_restarted_restored_replaced_and_recovered(
     });
     machines.destroy_member(2);
     writer.wait_for_more(3, "server-2 is lost");
-    machines.keelson_ok(&[
-        "member",
-        "remove",
-        "server-2",
-        "--endpoints",
-        &machines.client_url(0),
-    ]);
+    let [flag, value] = machines.member_flags(0);
+    machines.keelson_ok(&["member", "remove", "server-2", &flag, &value]);
     writer.wait_for_more(3, "server-2 is removed");
     machines.start_member(2, &[]);
     machines.wait_for_voters(0, MEMBERS);

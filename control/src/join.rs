@@ -350,7 +350,7 @@ impl Bootstrap {
         let role = request["role"].as_str().unwrap_or("agent");
         version_skew(role, VERSION, request["version"].as_str()).map_err(ApiError::bad_request)?;
         // Kubernetes' identities: a node's kubelet, or a control-plane member.
-        let (user, groups): (String, &[&str]) = match request["role"].as_str().unwrap_or("agent") {
+        let (user, groups): (String, &[&str]) = match role {
             "agent" => (format!("system:node:{name}"), &["system:nodes"]),
             "server" => (format!("system:keelson-server:{name}"), &["system:masters"]),
             other => {
@@ -364,12 +364,18 @@ impl Bootstrap {
             .issue_client(&user, groups)
             .map_err(|e| ApiError::internal(format!("cannot issue a certificate: {e}")))?;
         tracing::info!(%user, "issued a certificate to a joiner");
-        Ok(json!({
+        let mut answer = json!({
             "user": user,
             "ca": self.ca.cert_pem,
             "certificate": issued.cert_pem,
             "key": issued.key_pem,
-        }))
+        });
+        // A member issues its own store certificates from the CA, as every
+        // member's API server does from the copy in the store.
+        if role == "server" {
+            answer["caKey"] = json!(self.ca.key_pem);
+        }
+        Ok(answer)
     }
 }
 

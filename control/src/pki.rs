@@ -155,23 +155,30 @@ impl ClusterCa {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        for host in hosts {
-            let bad = || PkiError::BadHost { host: host.clone() };
-            let san = match host.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) if is_dns_name(host) => {
-                    SanType::DnsName(host.clone().try_into().map_err(|_| bad())?)
-                }
-                Err(_) => return Err(bad()),
-            };
-            params.subject_alt_names.push(san);
-        }
+        name_hosts(&mut params, hosts)?;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params, "API serving certificate")
+    }
+
+    /// A store member's certificate for `hosts`: it serves the member's
+    /// peer and client ports and identifies it to the other members'.
+    pub fn issue_member(&self, name: &str, hosts: &[String]) -> Result<Issued> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        name_hosts(&mut params, hosts)?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(params, "member certificate")
     }
 
     /// A client certificate: Kubernetes reads the user from the common name
@@ -191,6 +198,22 @@ impl ClusterCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, "client certificate")
     }
+}
+
+/// Makes the certificate valid for `hosts` (IP addresses or DNS names).
+fn name_hosts(params: &mut CertificateParams, hosts: &[String]) -> Result<()> {
+    for host in hosts {
+        let bad = || PkiError::BadHost { host: host.clone() };
+        let san = match host.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) if is_dns_name(host) => {
+                SanType::DnsName(host.clone().try_into().map_err(|_| bad())?)
+            }
+            Err(_) => return Err(bad()),
+        };
+        params.subject_alt_names.push(san);
+    }
+    Ok(())
 }
 
 fn is_dns_name(host: &str) -> bool {

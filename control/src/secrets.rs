@@ -26,6 +26,8 @@ const PREFIX: &[u8] = b"k8s:enc:aesgcm:v1:keelson:";
 const NONCE_BYTES: usize = 12;
 /// Where the wrapped data key is kept.
 const KEY_KEY: &[u8] = b"/keelson/secrets/key";
+/// Where the wrapped data key is stored.
+pub const DATA_KEY: &[u8] = KEY_KEY;
 
 /// Why a secret could not be sealed or opened.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,19 @@ fn wrapping_cipher(token: &str) -> Aes256Gcm {
 }
 
 impl Sealer {
+    /// The sealer whose data key is `wrapped` (as stored under
+    /// [`DATA_KEY`]), unwrapped with `token`: for reading a store's files
+    /// or a snapshot without a running cluster.
+    pub fn from_wrapped(wrapped: &[u8], token: &str) -> Result<Self, SecretsError> {
+        Self::unwrap_with(&wrapping_cipher(token), wrapped)
+    }
+
+    fn unwrap_with(wrapping: &Aes256Gcm, wrapped: &[u8]) -> Result<Self, SecretsError> {
+        let key = open_with(wrapping, wrapped).ok_or(SecretsError::WrongToken)?;
+        let key: [u8; 32] = key.try_into().map_err(|_| SecretsError::WrongToken)?;
+        Ok(Self::new(&key))
+    }
+
     pub fn new(data_key: &[u8; 32]) -> Self {
         Sealer {
             cipher: Aes256Gcm::new(data_key.into()),
@@ -97,11 +112,7 @@ impl Sealer {
     /// `token`, or a new one stored first (by the first member to ask).
     pub async fn from_store(store: &Store, token: &str) -> Result<Self, SecretsError> {
         let wrapping = wrapping_cipher(token);
-        let unwrap = |wrapped: &[u8]| -> Result<Self, SecretsError> {
-            let key = open_with(&wrapping, wrapped).ok_or(SecretsError::WrongToken)?;
-            let key: [u8; 32] = key.try_into().map_err(|_| SecretsError::WrongToken)?;
-            Ok(Self::new(&key))
-        };
+        let unwrap = |wrapped: &[u8]| Self::unwrap_with(&wrapping, wrapped);
         if let Some(stored) = store.get(KEY_KEY).await? {
             return unwrap(&stored.value);
         }

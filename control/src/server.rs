@@ -32,7 +32,8 @@ use crate::secrets::{Sealer, SecretsError};
 use crate::storage::{Store, StoreError, Written};
 
 /// The store key of the cluster CA.
-const CA_KEY: &[u8] = b"/keelson/pki/ca";
+/// Where the cluster CA is stored, sealed.
+pub const CA_KEY: &[u8] = b"/keelson/pki/ca";
 /// The admin's identity in its client certificate (as kubeadm names it).
 const ADMIN_USER: &str = "kubernetes-admin";
 const ADMIN_GROUP: &str = "system:masters";
@@ -44,6 +45,12 @@ pub struct ApiConfig {
     pub data_dir: PathBuf,
     /// etcd endpoints (`http://host:port`) of the store.
     pub store_endpoints: Vec<String>,
+    /// TLS towards `https://` store endpoints: the CA and this member's
+    /// client certificate.
+    pub store_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The CA this member's store TLS uses, stored as the cluster CA if the
+    /// store has none yet (the first member of a cluster).
+    pub initial_ca: Option<ClusterCa>,
     /// Names and addresses the serving certificate is also valid for.
     pub extra_hosts: Vec<String>,
     /// The kubeconfig's cluster and context name.
@@ -120,15 +127,27 @@ where
 
 /// The cluster CA: the one in the store, or a new one stored first; kept
 /// sealed, as Secrets are.
-async fn cluster_ca(store: &Store, sealer: &Sealer) -> Result<ClusterCa> {
-    let parse = |bytes: &[u8]| {
-        let opened = sealer.open(bytes)?;
-        serde_json::from_slice::<ClusterCa>(&opened).map_err(ApiServerError::CorruptCa)
-    };
+/// The cluster CA as stored (sealed) under [`CA_KEY`].
+pub fn open_ca(sealer: &Sealer, stored: &[u8]) -> Result<ClusterCa> {
+    let opened = sealer.open(stored)?;
+    serde_json::from_slice::<ClusterCa>(&opened).map_err(ApiServerError::CorruptCa)
+}
+
+/// The cluster CA: from the store, or `initial` (else a new one) stored
+/// first by the first member to look.
+async fn cluster_ca(
+    store: &Store,
+    sealer: &Sealer,
+    initial: Option<&ClusterCa>,
+) -> Result<ClusterCa> {
+    let parse = |bytes: &[u8]| open_ca(sealer, bytes);
     if let Some(stored) = store.get(CA_KEY).await? {
         return parse(&stored.value);
     }
-    let ca = ClusterCa::generate()?;
+    let ca = match initial {
+        Some(ca) => ca.clone(),
+        None => ClusterCa::generate()?,
+    };
     let encoded = serde_json::to_vec(&ca).map_err(ApiServerError::CorruptCa)?;
     match store.create(CA_KEY, sealer.seal(&encoded)).await? {
         Written::Ok(_) => {
@@ -276,7 +295,7 @@ pub async fn run(
 ) -> Result<()> {
     crate::metrics::describe();
     let address = reachable(listener.local_addr().map_err(ApiServerError::Listener)?);
-    let store = Store::connect(&config.store_endpoints)?;
+    let store = Store::connect(&config.store_endpoints, config.store_tls.clone())?;
     // The key that seals Secrets seals the CA's key too.
     let sealer = patiently(&shutdown, "secrets key", || async {
         match Sealer::from_store(&store, &config.cluster_token).await {
@@ -285,7 +304,17 @@ pub async fn run(
         }
     })
     .await??;
-    let ca = patiently(&shutdown, "cluster CA", || cluster_ca(&store, &sealer)).await?;
+    let ca = patiently(&shutdown, "cluster CA", || {
+        cluster_ca(&store, &sealer, config.initial_ca.as_ref())
+    })
+    .await?;
+    if let Some(initial) = &config.initial_ca
+        && initial.cert_pem != ca.cert_pem
+    {
+        tracing::error!(
+            "the cluster CA in the store is not the one in DATA_DIR/pki: members' store TLS and the API trust different CAs"
+        );
+    }
 
     let mut hosts = vec![
         "127.0.0.1".to_owned(),

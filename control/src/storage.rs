@@ -147,16 +147,25 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 impl Store {
-    /// Connects (lazily) to the given etcd endpoints (`http://host:port`),
-    /// spreading requests over them.
-    pub fn connect(endpoints: &[String]) -> Result<Self> {
+    /// Connects (lazily) to the given etcd endpoints (`http://host:port`,
+    /// or `https://` with `tls`), spreading requests over them.
+    pub fn connect(
+        endpoints: &[String],
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self> {
         let mut list = Vec::new();
         for endpoint in endpoints {
-            let parsed = Endpoint::from_shared(endpoint.clone())
-                .map_err(|source| StoreError::BadEndpoint {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?
+            let bad = |source| StoreError::BadEndpoint {
+                endpoint: endpoint.clone(),
+                source,
+            };
+            let mut parsed = Endpoint::from_shared(endpoint.clone()).map_err(bad)?;
+            if let Some(tls) = &tls
+                && endpoint.starts_with("https://")
+            {
+                parsed = parsed.tls_config(tls.clone()).map_err(bad)?;
+            }
+            let parsed = parsed
                 .tcp_nodelay(true)
                 .connect_timeout(std::time::Duration::from_secs(2));
             list.push(parsed);

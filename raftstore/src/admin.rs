@@ -24,7 +24,9 @@ use keelson_proto::etcdserverpb::{
     cluster_client::ClusterClient, maintenance_client::MaintenanceClient,
 };
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::MemberTls;
 
 use crate::store::{MvccStore, StoreConfig};
 
@@ -74,12 +76,12 @@ pub struct SnapshotInfo {
     pub sha256: String,
 }
 
-async fn connect(endpoint: &str) -> Result<Channel> {
+async fn connect(endpoint: &str, tls: Option<&MemberTls>) -> Result<Channel> {
     let unreachable = |reason: String| AdminError::Unreachable {
         endpoint: endpoint.to_owned(),
         reason,
     };
-    Endpoint::from_shared(endpoint.to_owned())
+    crate::tls::endpoint(endpoint, tls)
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(Duration::from_secs(3))
         .connect()
@@ -125,8 +127,12 @@ impl Trailer {
 /// Saves a consistent snapshot of the store served at `endpoint`
 /// (`http://HOST:2379`) to `path`: written beside it first, checked, then
 /// renamed, so `path` is never a partial snapshot.
-pub async fn save_snapshot(endpoint: &str, path: &Path) -> Result<SnapshotInfo> {
-    let mut client = MaintenanceClient::new(connect(endpoint).await?)
+pub async fn save_snapshot(
+    endpoint: &str,
+    tls: Option<&MemberTls>,
+    path: &Path,
+) -> Result<SnapshotInfo> {
+    let mut client = MaintenanceClient::new(connect(endpoint, tls).await?)
         .max_decoding_message_size(64 * 1024 * 1024);
     let failed = |status| AdminError::Request {
         endpoint: endpoint.to_owned(),
@@ -271,8 +277,8 @@ pub struct ClusterHealth {
 
 /// Asks the member at `endpoint` for the membership, then every member for
 /// its status (two seconds each).
-pub async fn cluster_health(endpoint: &str) -> Result<ClusterHealth> {
-    let channel = connect(endpoint).await?;
+pub async fn cluster_health(endpoint: &str, tls: Option<&MemberTls>) -> Result<ClusterHealth> {
+    let channel = connect(endpoint, tls).await?;
     let members = ClusterClient::new(channel)
         .member_list(MemberListRequest {
             linearizable: false,
@@ -289,7 +295,7 @@ pub async fn cluster_health(endpoint: &str) -> Result<ClusterHealth> {
             None => Err("not started: it has never published its client URL".to_owned()),
             Some(url) => {
                 let ask = async {
-                    let channel = connect(url).await.map_err(|e| e.to_string())?;
+                    let channel = connect(url, tls).await.map_err(|e| e.to_string())?;
                     MaintenanceClient::new(channel)
                         .status(StatusRequest {})
                         .await
@@ -309,8 +315,8 @@ pub async fn cluster_health(endpoint: &str) -> Result<ClusterHealth> {
 }
 
 /// Removes member `id`, through the member at `endpoint`.
-pub async fn remove_member(endpoint: &str, id: u64) -> Result<()> {
-    ClusterClient::new(connect(endpoint).await?)
+pub async fn remove_member(endpoint: &str, tls: Option<&MemberTls>, id: u64) -> Result<()> {
+    ClusterClient::new(connect(endpoint, tls).await?)
         .member_remove(MemberRemoveRequest { id })
         .await
         .map_err(|status| AdminError::Request {

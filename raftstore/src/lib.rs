@@ -33,6 +33,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -64,6 +64,8 @@ pub struct MemberConfig {
     /// caught up with the leader.
     pub promote_when_caught_up: bool,
     pub initial_cluster_token: String,
+    /// TLS on the peer and client ports, both ways (`https://` URLs).
+    pub tls: Option<crate::tls::MemberTls>,
     /// How often the leader sends heartbeats.
     pub heartbeat_interval: Duration,
     /// How long a follower waits without a heartbeat before it campaigns
@@ -97,6 +99,7 @@ impl Default for MemberConfig {
             initial_cluster_state: ClusterState::New,
             promote_when_caught_up: false,
             initial_cluster_token: "etcd-cluster".into(),
+            tls: None,
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(250),
             request_timeout: Duration::from_secs(5),
@@ -196,7 +199,7 @@ async fn discover_identity(config: &MemberConfig) -> Result<(u64, u64)> {
         // Every peer at once: some of them may be down, or not started yet.
         let asks = peers.iter().map(|url| async move {
             let asked = async {
-                let channel = tonic::transport::Endpoint::from_shared((*url).clone())
+                let channel = crate::tls::endpoint(url, config.tls.as_ref())
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_secs(2))
                     .connect()
@@ -286,7 +289,7 @@ impl Node {
         let identity = Self::identity(&store, &config, joining)?;
         let hub = Arc::new(WatchHub::new(store.revision(), config.watch_buffer_events));
         let lessor = Arc::new(Mutex::new(Lessor::default()));
-        let peers = Peers::default();
+        let peers = Peers::new(config.tls.clone());
 
         let election = config.election_timeout.as_millis() as u64;
         let raft_config = openraft::Config {

@@ -115,8 +115,19 @@ pub async fn run(
         tracing::info!(address = %listener.local_addr().map_err(ServeError::Listener)?, "serving peer traffic");
         let routes = crate::service::peer_routes(&node);
         let stop = shutdown.clone();
+        let tls = node.config().tls.clone();
         tasks.spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = &tls {
+                server = match server.tls_config(tls.server()) {
+                    Ok(server) => server,
+                    Err(error) => {
+                        tracing::error!(%error, "peer TLS configuration refused");
+                        return;
+                    }
+                };
+            }
+            let served = server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -150,7 +161,11 @@ pub async fn run(
         .map_err(ServeError::Listener)?;
     tracing::info!(%address, "serving client traffic");
     let routes = crate::service::routes(&node, &shutdown);
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &node.config().tls {
+        server = server.tls_config(tls.server())?;
+    }
+    let served = server
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(GrpcMetricsLayer)
         .layer(crate::service::oversize_layer())

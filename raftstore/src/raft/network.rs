@@ -22,7 +22,7 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, Snapshot, Vote};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec;
 use super::{MemberInfo, TypeConfig};
@@ -37,6 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    /// This member's TLS identity, for peers at `https://` URLs.
+    tls: Option<crate::tls::MemberTls>,
 }
 
 /// A peer could not be reached at all (no usable URL).
@@ -48,6 +50,13 @@ pub struct BadPeerUrl {
 }
 
 impl Peers {
+    pub fn new(tls: Option<crate::tls::MemberTls>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A client for member `id`, reusing its connection while its URL stays the same.
     pub fn client(&self, id: u64, member: &MemberInfo) -> Result<RaftClient<Channel>, BadPeerUrl> {
         let url = member.peer_urls.first().cloned().unwrap_or_default();
@@ -57,7 +66,7 @@ impl Peers {
         {
             return Ok(client(channel.clone()));
         }
-        let channel = Endpoint::from_shared(url.clone())
+        let channel = crate::tls::endpoint(&url, self.tls.as_ref())
             .map_err(|_| BadPeerUrl {
                 id,
                 url: url.clone(),

@@ -14,7 +14,7 @@ use keelson_proto::etcdserverpb::{
     MemberUpdateRequest, MemberUpdateResponse, cluster_client::ClusterClient,
     cluster_server::Cluster,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
@@ -52,7 +52,7 @@ impl ClusterService {
             .node
             .leader_client_url()
             .ok_or_else(|| Status::from(error))?;
-        let channel = Endpoint::from_shared(url)
+        let channel = crate::tls::endpoint(&url, self.node.config().tls.as_ref())
             .map_err(|e| Status::unavailable(format!("etcdserver: leader URL: {e}")))?
             .connect()
             .await
