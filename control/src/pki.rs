@@ -97,6 +97,18 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// The groups (subject organizations) of a DER certificate, as Kubernetes
+/// reads them; none if it does not parse.
+pub fn groups(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    cert.subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect()
+}
+
 /// When the first certificate in `pem` expires; `None` if there is none
 /// that parses.
 pub fn expiry(pem: &str) -> Option<chrono::DateTime<Utc>> {
@@ -258,6 +270,27 @@ preferences: {{}}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_read_from_the_organizations() {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let ca = ClusterCa::generate().unwrap();
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
+        assert_eq!(groups(&der(&admin.cert_pem)), ["system:masters"]);
+        let node = ca
+            .issue_client("system:node:n1", &["system:nodes"])
+            .unwrap();
+        assert_eq!(groups(&der(&node.cert_pem)), ["system:nodes"]);
+        assert!(groups(b"junk").is_empty());
+    }
 
     #[test]
     fn expiry_reads_the_certificates_made_here() {

@@ -411,17 +411,19 @@ pub async fn run(
                     return;
                 }
             };
-            let authenticated = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+            let caller = crate::api::Caller::of(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref()),
+            );
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
                     let api = api.clone();
                     async move {
                         let request = request.map(axum::body::Body::new);
-                        Ok::<_, std::convert::Infallible>(api.serve(authenticated, request).await)
+                        Ok::<_, std::convert::Infallible>(api.serve(caller, request).await)
                     }
                 },
             );

@@ -228,6 +228,35 @@ pub struct Settings {
     pub rotate: Option<RotateCertificates>,
 }
 
+/// Who sent a request, as its client certificate says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No certificate: only the join and health endpoints answer.
+    Anonymous,
+    /// A certificate of the cluster CA.
+    User,
+    /// A certificate of the cluster CA in `system:masters`.
+    Admin,
+}
+
+impl Caller {
+    /// The caller that presented `certificate` (DER), already verified
+    /// against the cluster CA by the TLS layer.
+    pub fn of(certificate: Option<&[u8]>) -> Self {
+        match certificate {
+            None => Caller::Anonymous,
+            Some(der)
+                if crate::pki::groups(der)
+                    .iter()
+                    .any(|g| g == "system:masters") =>
+            {
+                Caller::Admin
+            }
+            Some(_) => Caller::User,
+        }
+    }
+}
+
 /// Issues a member's certificates again (`POST
 /// /keelson/v1/certificates/rotate`); their expiry dates.
 #[derive(Clone)]
@@ -303,13 +332,11 @@ impl Api {
         )
     }
 
-    /// Answers one request. `authenticated`: the client presented a
+    /// Answers one request from `caller`.
+    /// A client that is not anonymous presented a
     /// certificate the cluster CA signed.
-    pub async fn serve(
-        self: Arc<Self>,
-        authenticated: bool,
-        request: Request<Body>,
-    ) -> Response<Body> {
+    pub async fn serve(self: Arc<Self>, caller: Caller, request: Request<Body>) -> Response<Body> {
+        let authenticated = caller != Caller::Anonymous;
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -335,6 +362,9 @@ impl Api {
             }
             (&Method::POST, "/keelson/v1/certificates/rotate") if authenticated => {
                 let answer = match &self.rotate {
+                    _ if caller != Caller::Admin => Err(ApiError::forbidden(
+                        "rotating a member's certificates takes a client of system:masters",
+                    )),
                     Some(rotate) => (rotate.0)()
                         .map(|expiry| json_response(StatusCode::OK, &expiry))
                         .map_err(|e| ApiError::internal(format!("cannot rotate: {e}"))),

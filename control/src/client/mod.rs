@@ -264,7 +264,10 @@ impl Client {
     /// Sends one request.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>> {
         match &self.transport {
-            Transport::InProcess(api) => Ok(api.clone().serve(true, request).await),
+            // The member's own controllers.
+            Transport::InProcess(api) => {
+                Ok(api.clone().serve(crate::api::Caller::Admin, request).await)
+            }
             Transport::Https(https) => https.send(request).await,
         }
     }
