@@ -22,7 +22,10 @@ use k8s_openapi::api::discovery::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-use super::Api;
+use axum::body::Body;
+use hyper::{Method, Request, Response, StatusCode, header};
+
+use super::{Api, Caller, json_response};
 use crate::client::Client;
 use crate::status::ApiError;
 
@@ -34,7 +37,65 @@ const MASTER_LEASES: &str = "/registry/masterleases/";
 const LEASE_PERIOD: Duration = Duration::from_secs(10);
 const LEASE_TTL: i64 = 15;
 
+/// Where the cluster's own endpoints are (joining, certificates).
+pub(super) const KEELSON_PATHS: &str = "/keelson/v1/";
+/// Largest body a join or certificate request may have.
+const BODY_LIMIT: usize = 64 * 1024;
+
 impl Api {
+    /// The cluster's own endpoints. The CA and the join are the two doors
+    /// open to clients without a certificate; rotating a member's
+    /// certificates takes `system:masters`.
+    pub(super) async fn keelson_endpoint(
+        &self,
+        caller: Caller,
+        request: Request<Body>,
+    ) -> Result<Response<Body>> {
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let body = |request: Request<Body>| async move {
+            axum::body::to_bytes(request.into_body(), BODY_LIMIT)
+                .await
+                .map_err(|_| ApiError::too_large(BODY_LIMIT))
+        };
+        let json = |value: Value| json_response(StatusCode::OK, &value);
+        match (method, path.trim_start_matches(KEELSON_PATHS), caller) {
+            (Method::GET, "cacerts", _) => {
+                let mut pem = Response::new(Body::from(self.bootstrap.ca_pem().to_owned()));
+                pem.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/x-pem-file"),
+                );
+                Ok(pem)
+            }
+            (Method::POST, "join", _) => self.join(&body(request).await?).await.map(json),
+            (_, _, Caller::Anonymous) => Err(ApiError::unauthorized()),
+            (Method::POST, "serving-certificate", _) => self
+                .bootstrap
+                .serving_certificate(&body(request).await?)
+                .map(json),
+            (Method::POST, "certificates/rotate", Caller::Admin) => match &self.rotate {
+                Some(rotate) => (rotate.0)()
+                    .map(json)
+                    .map_err(|e| ApiError::internal(format!("cannot rotate: {e}"))),
+                None => Err(ApiError::no_such_path()),
+            },
+            (Method::POST, "certificates/rotate", _) => Err(ApiError::forbidden(
+                "rotating a member's certificates takes a client of system:masters",
+            )),
+            _ => Err(ApiError::no_such_path()),
+        }
+    }
+
+    /// Whether the store answers a linearizable read within two seconds
+    /// (`/readyz`).
+    pub(super) async fn store_answers(&self) -> bool {
+        let read = self.store.get(b"/registry/health");
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), read).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Answers a join request: a certificate for a node or a member, and for
     /// a member (`role: server`) its place in the store's cluster, added as
     /// a learner that promotes itself once it has caught up.

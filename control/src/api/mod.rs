@@ -41,6 +41,8 @@ mod shape;
 mod system;
 mod watch;
 
+use members::KEELSON_PATHS;
+
 pub use request::decode_component;
 use request::{Query, Validation, decode_continue, encode_continue};
 use shape::{defaults_on_create, job_selector, normalize, scale_of, set_condition};
@@ -323,15 +325,6 @@ impl Api {
         }
     }
 
-    /// Whether the store answers a linearizable read within two seconds.
-    async fn store_answers(&self) -> bool {
-        let read = self.store.get(b"/registry/health");
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), read).await,
-            Ok(Ok(_))
-        )
-    }
-
     /// Answers one request from `caller`.
     /// A client that is not anonymous presented a
     /// certificate the cluster CA signed.
@@ -341,46 +334,13 @@ impl Api {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let (response, verb, resource) = match (request.method(), path.as_str()) {
-            // The two doors open to clients without a certificate (see `join`).
-            (&Method::GET, "/keelson/v1/cacerts") => {
-                let mut pem = Response::new(Body::from(self.bootstrap.ca_pem().to_owned()));
-                pem.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/x-pem-file"),
-                );
-                (Ok(pem), "GET", String::new())
-            }
-            (&Method::POST, "/keelson/v1/join") => {
-                let answer = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
-                    Ok(body) => self
-                        .join(&body)
-                        .await
-                        .map(|a| json_response(StatusCode::OK, &a)),
-                    Err(_) => Err(ApiError::too_large(64 * 1024)),
-                };
-                (answer, "POST", String::new())
-            }
-            (&Method::POST, "/keelson/v1/certificates/rotate") if authenticated => {
-                let answer = match &self.rotate {
-                    _ if caller != Caller::Admin => Err(ApiError::forbidden(
-                        "rotating a member's certificates takes a client of system:masters",
-                    )),
-                    Some(rotate) => (rotate.0)()
-                        .map(|expiry| json_response(StatusCode::OK, &expiry))
-                        .map_err(|e| ApiError::internal(format!("cannot rotate: {e}"))),
-                    None => Err(ApiError::no_such_path()),
-                };
-                (answer, "POST", String::new())
-            }
-            (&Method::POST, "/keelson/v1/serving-certificate") if authenticated => {
-                let answer = match axum::body::to_bytes(request.into_body(), 64 * 1024).await {
-                    Ok(body) => self
-                        .bootstrap
-                        .serving_certificate(&body)
-                        .map(|a| json_response(StatusCode::OK, &a)),
-                    Err(_) => Err(ApiError::too_large(64 * 1024)),
-                };
-                (answer, "POST", String::new())
+            (method, path) if path.starts_with(KEELSON_PATHS) => {
+                let verb = if method == Method::GET { "GET" } else { "POST" };
+                (
+                    self.keelson_endpoint(caller, request).await,
+                    verb,
+                    String::new(),
+                )
             }
             // What Kubernetes shows anyone (system:public-info-viewer).
             (&Method::GET, "/healthz" | "/livez" | "/readyz" | "/version") if !authenticated => {
