@@ -574,6 +574,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .collect(),
             cluster_domain: args.cluster_domain.clone(),
         },
+        machine: None,
     };
     anyhow::ensure!(
         !config.sync_frequency.is_zero(),

@@ -8,6 +8,7 @@ mod agent;
 mod bench;
 mod chaos;
 mod config;
+mod hollow;
 mod image;
 mod local;
 mod server;
@@ -39,6 +40,9 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Run a node agent: registers a Node and runs the pods bound to it.
     Agent(Box<agent::AgentArgs>),
+    /// Run hollow nodes for scale tests: many node agents on the fake
+    /// runtime in this one process (kubemark's hollow nodes).
+    Hollow(hollow::HollowArgs),
     /// The node's image store: import tarballs, list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -245,6 +249,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(*args).await,
+            Command::Hollow(args) => hollow::run(args).await,
             Command::Image(command) => image::run(command),
             Command::Shim(_) | Command::Pause { .. } | Command::ExecIn { .. } => Ok(()),
             Command::Bench(command) => bench::run(command).await,

@@ -180,8 +180,14 @@ impl FieldSelector {
     /// The name this selector pins (`metadata.name=x`), if any: lets a list
     /// read one key instead of all.
     pub fn name(&self) -> Option<&str> {
+        self.pinned("metadata.name")
+    }
+
+    /// The value this selector requires `field` to equal, if it does
+    /// (`spec.nodeName=n1`): lets a cache answer from an index.
+    pub fn pinned(&self, field: &str) -> Option<&str> {
         self.0.iter().find_map(|r| match &r.op {
-            Op::Equals(v) if r.key == "metadata.name" => Some(v.as_str()),
+            Op::Equals(v) if r.key == field => Some(v.as_str()),
             _ => None,
         })
     }
@@ -192,13 +198,13 @@ impl FieldSelector {
             for step in r.key.split('.') {
                 at = &at[step];
             }
-            let text = match at {
-                Value::String(s) => Some(s.clone()),
-                Value::Null => None,
-                other => Some(other.to_string()),
+            let text: std::borrow::Cow<'_, str> = match at {
+                Value::String(s) => s.as_str().into(),
+                // An absent field compares as the empty string, as in Kubernetes.
+                Value::Null => "".into(),
+                other => other.to_string().into(),
             };
-            // An absent field compares as the empty string, as in Kubernetes.
-            r.matches(Some(text.as_deref().unwrap_or("")))
+            r.matches(Some(&text))
         })
     }
 }

@@ -216,6 +216,18 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// A read that could not be served in time (`Timeout`, 504): the
+    /// cache did not reach the asked version, or the request ran too long.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
+
+    /// Too many requests in flight (`TooManyRequests`, 429): the client
+    /// retries after the `Retry-After` the response carries.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

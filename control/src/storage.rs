@@ -9,8 +9,9 @@
 use keelson_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, Member, MemberAddRequest, MemberListRequest,
     MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest, WatchResponse, cluster_client::ClusterClient, compare, kv_client::KvClient,
-    lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient, watch_request,
+    WatchProgressRequest, WatchRequest, WatchResponse, cluster_client::ClusterClient, compare,
+    kv_client::KvClient, lease_client::LeaseClient, request_op, response_op,
+    watch_client::WatchClient, watch_request,
 };
 use keelson_proto::mvccpb::{Event, KeyValue, event::EventType};
 use tokio::sync::mpsc;
@@ -81,6 +82,7 @@ pub enum Change {
         previous: Option<Stored>,
     },
     Deleted {
+        key: Vec<u8>,
         previous: Option<Stored>,
         revision: i64,
     },
@@ -236,6 +238,24 @@ impl Store {
             .member_remove(MemberRemoveRequest { id })
             .await?;
         Ok(())
+    }
+
+    /// The store's current revision, read linearizably: every write
+    /// acknowledged before the call is at or below it.
+    pub async fn current_revision(&self) -> Result<i64> {
+        let _timer = Timer::start("revision", b"");
+        let response = self
+            .kv
+            .clone()
+            .range(RangeRequest {
+                // One key that is never written: the answer's header is the point.
+                key: b"/registry".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok(response.header.map_or(0, |h| h.revision))
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
@@ -435,10 +455,7 @@ impl Store {
                 requested: revision,
             }),
             Some(first) if first.canceled => Err(StoreError::WatchClosed),
-            Some(_) => Ok(Watch {
-                _requests: requests,
-                inbound,
-            }),
+            Some(_) => Ok(Watch { requests, inbound }),
             None => Err(StoreError::WatchClosed),
         }
     }
@@ -454,11 +471,27 @@ fn compacted(status: tonic::Status, revision: i64) -> StoreError {
     }
 }
 
+/// Asks a running watch's store for a progress notification.
+#[derive(Clone, Debug)]
+pub struct ProgressRequests(mpsc::Sender<WatchRequest>);
+
+impl ProgressRequests {
+    /// Asks for one; a request already on its way stands for this one too.
+    pub fn request(&self) {
+        let progress = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                WatchProgressRequest {},
+            )),
+        };
+        drop(self.0.try_send(progress));
+    }
+}
+
 /// A running watch.
 #[derive(Debug)]
 pub struct Watch {
     /// Held so the store keeps the watch open.
-    _requests: mpsc::Sender<WatchRequest>,
+    requests: mpsc::Sender<WatchRequest>,
     inbound: tonic::Streaming<WatchResponse>,
 }
 
@@ -471,6 +504,13 @@ pub enum WatchBatch {
 }
 
 impl Watch {
+    /// A handle that asks the store to report how far this watch has come
+    /// (answered as [`WatchBatch::Progress`]: every change up to that
+    /// revision has been delivered).
+    pub fn progress_requests(&self) -> ProgressRequests {
+        ProgressRequests(self.requests.clone())
+    }
+
     /// The next changes; an error once the watch ends.
     pub async fn next(&mut self) -> Result<WatchBatch> {
         let response = self
@@ -501,6 +541,7 @@ fn change(event: Event) -> Change {
     let kv = event.kv.unwrap_or_default();
     if event.r#type == EventType::Delete as i32 {
         Change::Deleted {
+            key: kv.key,
             revision: kv.mod_revision,
             previous: event.prev_kv.map(Stored::from),
         }

@@ -23,6 +23,7 @@ use keelson_control::client::{Client, ClientError};
 use keelson_control::runtime::Informer;
 use tokio_util::sync::CancellationToken;
 
+pub mod hollow;
 pub mod images;
 pub mod logs;
 pub mod metrics;
@@ -82,10 +83,14 @@ impl std::fmt::Debug for Endpoint {
 
 /// Retries `attempt` while the control plane is unreachable or starting
 /// (no answer, or 503), with a growing delay; other errors end it.
-async fn retry<T>(
+async fn retry<T, F, Fut>(
     shutdown: &CancellationToken,
-    mut attempt: impl AsyncFnMut() -> Result<T, ClientError>,
-) -> Result<Result<T, ClientError>, AgentError> {
+    mut attempt: F,
+) -> Result<Result<T, ClientError>, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
     let mut delay = Duration::from_millis(200);
     loop {
         match attempt().await {
@@ -110,15 +115,13 @@ async fn serving_certificate(
     shutdown: &CancellationToken,
 ) -> Result<(String, String), AgentError> {
     let body = serde_json::json!({"node": config.name, "hosts": [config.ip, config.name]});
-    let answer = retry(shutdown, async || {
-        client
-            .request(
-                hyper::Method::POST,
-                "/keelson/v1/serving-certificate",
-                "application/json",
-                body.to_string().into_bytes(),
-            )
-            .await
+    let answer = retry(shutdown, || {
+        client.request(
+            hyper::Method::POST,
+            "/keelson/v1/serving-certificate",
+            "application/json",
+            body.to_string().into_bytes(),
+        )
     })
     .await?
     .map_err(|source| AgentError::Certificate {
@@ -160,10 +163,10 @@ pub async fn run<R: Runtime>(
         tracing::info!(node = %config.name, port = ?config.port, "serving the agent endpoint");
         tasks.spawn(server.serve(endpoint.listener, tls, shutdown.clone()));
     }
-    let machine = node::Machine::read();
+    let machine = config.machine.clone().unwrap_or_else(node::Machine::read);
     let object = node::node_object(&config, &machine, &runtime.version());
     // The control plane may still be starting: keep trying.
-    retry(&shutdown, async || node::register(&client, &object).await)
+    retry(&shutdown, || node::register(&client, &object))
         .await?
         .map_err(|source| AgentError::Register {
             node: config.name.clone(),

@@ -45,6 +45,9 @@ pub struct NodeConfig {
     pub sync_frequency: Duration,
     /// The cluster's networking as this node takes part in it.
     pub network: NetworkConfig,
+    /// What the node reports it has; `None`: this machine, read from
+    /// `/proc`. Hollow nodes report a simulated machine, and no pressure.
+    pub machine: Option<Machine>,
 }
 
 /// The cluster network as the node sees it.
@@ -398,16 +401,39 @@ pub async fn register(client: &Client, node: &Node) -> Result<Node, ClientError>
 }
 
 /// Renews the node's Lease (made owned by the Node, so it goes with it).
-async fn renew(client: &Client, config: &NodeConfig, node_uid: &str) -> Result<(), ClientError> {
+/// Renews the node's Lease. As kubelet does, the Lease last written is
+/// kept and replaced directly; it is read again only when that fails (a
+/// conflict, or no Lease yet), so a renewal costs one write.
+async fn renew(
+    client: &Client,
+    config: &NodeConfig,
+    node_uid: &str,
+    last: &mut Option<Lease>,
+) -> Result<(), ClientError> {
     let namespace = Some("kube-node-lease");
     let now = MicroTime(Utc::now());
+    let refresh = |lease: &mut Lease| {
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        spec.renew_time = Some(now.clone());
+        spec.holder_identity = Some(config.name.clone());
+        spec.lease_duration_seconds = Some(config.lease_duration_seconds);
+    };
+    if let Some(mut lease) = last.take() {
+        refresh(&mut lease);
+        match client.replace(&lease).await {
+            Ok(written) => {
+                *last = Some(written);
+                return Ok(());
+            }
+            Err(error) if error.is_conflict() || error.is_not_found() => {}
+            Err(error) => return Err(error),
+        }
+    }
     match client.get::<Lease>(namespace, &config.name).await {
         Ok(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(config.name.clone());
-            spec.lease_duration_seconds = Some(config.lease_duration_seconds);
-            client.replace(&lease).await.map(drop)
+            refresh(&mut lease);
+            *last = Some(client.replace(&lease).await?);
+            Ok(())
         }
         Err(error) if error.is_not_found() => {
             let lease = Lease {
@@ -431,7 +457,10 @@ async fn renew(client: &Client, config: &NodeConfig, node_uid: &str) -> Result<(
                 }),
             };
             match client.create(namespace, &lease).await {
-                Ok(_) => Ok(()),
+                Ok(created) => {
+                    *last = Some(created);
+                    Ok(())
+                }
                 Err(error) if error.is_already_exists() => Ok(()),
                 Err(error) => Err(error),
             }
@@ -451,8 +480,14 @@ pub async fn heartbeat<R: Runtime>(
 ) {
     let mut node_uid = String::new();
     let mut cidr_known = false;
+    let mut lease = None;
+    // As kubelet reads it: from the API server's cache.
+    let node_path = format!(
+        "{}?resourceVersion=0",
+        keelson_control::client::object_path::<Node>(None, &config.name)
+    );
     loop {
-        match client.get::<Node>(None, &config.name).await {
+        match client.get_at::<Node>(&node_path).await {
             Ok(node) => {
                 node_uid = node.metadata.uid.clone().unwrap_or_default();
                 if !cidr_known
@@ -465,7 +500,11 @@ pub async fn heartbeat<R: Runtime>(
                 let now = conditions(
                     Time(Utc::now()),
                     previous,
-                    Pressure::read(config.data_dir.as_deref()),
+                    if config.machine.is_some() {
+                        Pressure::default()
+                    } else {
+                        Pressure::read(config.data_dir.as_deref())
+                    },
                 );
                 // Written when a condition changed (Ready again after the node
                 // controller marked it Unknown, pressure coming or going).
@@ -488,7 +527,7 @@ pub async fn heartbeat<R: Runtime>(
             }
             Err(error) => tracing::warn!(%error, node = %config.name, "could not read the node"),
         }
-        if let Err(error) = renew(&client, &config, &node_uid).await {
+        if let Err(error) = renew(&client, &config, &node_uid, &mut lease).await {
             tracing::warn!(%error, node = %config.name, "could not renew the node lease");
         }
         // Until the control plane has given the node its pod CIDR, look

@@ -33,6 +33,7 @@ use crate::storage::{Store, Stored, Written};
 use crate::table;
 use crate::{defaults, validation};
 
+mod cache;
 mod members;
 mod proxy;
 mod request;
@@ -95,6 +96,8 @@ impl std::fmt::Debug for MetricsRender {
 pub struct Api {
     store: Store,
     codec: Codec,
+    /// Watches and lists are served from here.
+    caches: cache::Caches,
     /// Answers joiners.
     bootstrap: Bootstrap,
     /// Where Service ClusterIPs come from.
@@ -134,7 +137,12 @@ impl Target {
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(value.to_string()));
+    json_bytes(code, value.to_string().into_bytes())
+}
+
+/// A response of JSON already encoded.
+fn json_bytes(code: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = code;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -287,11 +295,13 @@ impl Api {
                 None
             }
         };
+        let codec = Codec { sealer };
         Arc::new(Self {
             nodes,
             resource_metrics: resource_metrics::ResourceMetrics::default(),
+            caches: cache::Caches::new(store.clone(), codec.clone(), shutdown.clone()),
             store,
-            codec: Codec { sealer },
+            codec,
             bootstrap,
             services: settings.services,
             address: settings.address,
@@ -313,7 +323,15 @@ impl Api {
         }
         loop {
             for (plural, prefix) in &counted {
-                if let Ok(count) = self.store.count(prefix.as_bytes()).await {
+                // A resource being cached is counted there, not by a scan of the store.
+                let cached = RESOURCES
+                    .iter()
+                    .filter(|r| r.plural == *plural)
+                    .find_map(|r| self.caches.started(r));
+                if let Some(cache) = cached {
+                    metrics::gauge!("apiserver_storage_objects", "resource" => *plural)
+                        .set(cache.len() as f64);
+                } else if let Ok(count) = self.store.count(prefix.as_bytes()).await {
                     metrics::gauge!("apiserver_storage_objects", "resource" => *plural)
                         .set(count as f64);
                 }
@@ -530,16 +548,14 @@ impl Api {
         let validation = Validation::from_query(&query)?;
         let (code, value) = match (method, named, sub.as_deref()) {
             (Method::GET, false, None) if query.flag("watch") => {
-                return self.watch(&target, &query, table);
+                return self.watch(&target, &query, table).await;
             }
-            (Method::GET, false, None) => {
-                (StatusCode::OK, self.list(&target, &query, table).await?)
-            }
+            (Method::GET, false, None) => return self.list(&target, &query, table).await,
             (Method::GET, true, Some("scale")) => {
                 (StatusCode::OK, scale_of(&self.get(&target).await?))
             }
             (Method::GET, true, None | Some("status")) => {
-                let object = self.get(&target).await?;
+                let object = self.get_at(&target, &query).await?;
                 if table {
                     let rv = object["metadata"]["resourceVersion"]
                         .as_str()
@@ -611,6 +627,19 @@ impl Api {
         Ok(self.current(target).await?.1)
     }
 
+    /// A GET: from the store, or with `resourceVersion=0` (what node agents
+    /// ask for their Node) from the watch cache, as Kubernetes serves it.
+    async fn get_at(&self, target: &Target, query: &Query) -> Result<Value> {
+        if query.get("resourceVersion") == Some("0") {
+            let cache = self.cache_at(target.resource, watch::ReadAt::Any).await?;
+            let cached = cache
+                .get(target.key()?.as_bytes())
+                .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
+            return Ok(cached.object.clone());
+        }
+        self.get(target).await
+    }
+
     /// The object `target` names, as stored (for its revision) and as its
     /// clients see it; `404` if there is none.
     async fn current(&self, target: &Target) -> Result<(Stored, Value)> {
@@ -623,7 +652,83 @@ impl Api {
         Ok((stored, object))
     }
 
-    async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
+    /// A list: from the watch cache, unless it continues a paginated list
+    /// or asks for one exact version (the store has those), or the cache
+    /// cannot catch up in time for a consistent read.
+    async fn list(&self, target: &Target, query: &Query, table: bool) -> Result<Response<Body>> {
+        let exact = query.get("resourceVersionMatch") == Some("Exact");
+        if query.get("continue").is_none() && !exact {
+            let at = watch::ReadAt::of(query)?;
+            match self.cache_at(target.resource, at).await {
+                Ok(cache) => return self.list_cached(&cache, target, query, at, table),
+                Err(error) if error.code == 504 && at == watch::ReadAt::Consistent => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let list = self.list_from_store(target, query, table).await?;
+        Ok(json_response(StatusCode::OK, &list))
+    }
+
+    fn list_cached(
+        &self,
+        cache: &cache::WatchCache,
+        target: &Target,
+        query: &Query,
+        at: watch::ReadAt,
+        table: bool,
+    ) -> Result<Response<Body>> {
+        let resource = target.resource;
+        let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // As Kubernetes' cache does, `resourceVersion=0` answers everything at once.
+        let limit = match at {
+            watch::ReadAt::Any => 0,
+            _ => query.number("limit")?.unwrap_or(0).max(0) as usize,
+        };
+        let node = (resource.plural == "pods")
+            .then(|| fields.pinned("spec.nodeName"))
+            .flatten();
+        let prefix = resource.prefix(target.namespace.as_deref());
+        let listed = cache.list(prefix.as_bytes(), node, limit, |object| {
+            labels.matches(object) && fields.matches(object)
+        });
+        let rv = listed.revision.to_string();
+        let next = listed
+            .next
+            .map(|key| encode_continue(listed.revision, &key));
+        if table {
+            let items: Vec<Value> = listed.items.iter().map(|c| c.object.clone()).collect();
+            let table = table::table(resource.kind, &items, &rv, next.as_deref());
+            return Ok(json_response(StatusCode::OK, &table));
+        }
+        let mut meta = json!({"resourceVersion": rv});
+        if let Some(token) = next {
+            meta["continue"] = json!(token);
+        }
+        let mut body = Vec::with_capacity(256 + listed.items.len() * 2048);
+        let head = json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version(),
+            "metadata": meta,
+        })
+        .to_string();
+        // `{"kind":…,"metadata":{…}` and then the items, each written once.
+        body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        body.extend_from_slice(b",\"items\":[");
+        for (i, cached) in listed.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            serde_json::to_writer(&mut body, &cached.object)
+                .map_err(|e| ApiError::internal(format!("an object does not encode: {e}")))?;
+        }
+        body.extend_from_slice(b"]}");
+        Ok(json_bytes(StatusCode::OK, body))
+    }
+
+    async fn list_from_store(&self, target: &Target, query: &Query, table: bool) -> Result<Value> {
         let resource = target.resource;
         let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -1138,7 +1243,7 @@ impl Api {
     }
 
     async fn delete_collection(&self, target: &Target, query: &Query) -> Result<Value> {
-        let listed = self.list(target, query, false).await?;
+        let listed = self.list_from_store(target, query, false).await?;
         let mut deleted = Vec::new();
         for item in listed["items"].as_array().into_iter().flatten() {
             let one = Target {

@@ -164,22 +164,7 @@ impl Api {
                 subresource: None,
             })
             .await?;
-        let addresses = node["status"]["addresses"].as_array();
-        let address = ["InternalIP", "ExternalIP", "Hostname"]
-            .iter()
-            .find_map(|kind| {
-                addresses
-                    .into_iter()
-                    .flatten()
-                    .find(|a| a["type"] == *kind)
-                    .and_then(|a| a["address"].as_str())
-            })
-            .ok_or_else(|| ApiError::internal(format!("node {name} reports no address")))?;
-        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-            .as_u64()
-            .filter(|p| (1..=65535).contains(p))
-            .ok_or_else(|| ApiError::internal(format!("node {name} reports no agent endpoint")))?;
-        Ok((address.to_owned(), port as u16))
+        agent_endpoint(&node)
     }
 
     /// `GET nodes/NAME/proxy/PATH`: the agent's `PATH` (its metrics,
@@ -314,6 +299,28 @@ impl Api {
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Body::empty()))
     }
+}
+
+/// Where a Node's agent serves (its address and `daemonEndpoints` port);
+/// an error naming the node when it reports none (hollow nodes serve none).
+pub(super) fn agent_endpoint(node: &Value) -> Result<(String, u16)> {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let addresses = node["status"]["addresses"].as_array();
+    let address = ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|kind| {
+            addresses
+                .into_iter()
+                .flatten()
+                .find(|a| a["type"] == *kind)
+                .and_then(|a| a["address"].as_str())
+        })
+        .ok_or_else(|| ApiError::internal(format!("node {name} reports no address")))?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| ApiError::internal(format!("node {name} reports no agent endpoint")))?;
+    Ok((address.to_owned(), port as u16))
 }
 
 #[cfg(test)]

@@ -309,14 +309,24 @@ impl Api {
                 name: None,
                 subresource: None,
             };
-            if let Ok(listed) = self.list(&target, &Query::parse(None), false).await {
-                let names: Vec<String> = listed["items"]
+            if let Ok(listed) = self
+                .list_from_store(&target, &Query::parse(None), false)
+                .await
+            {
+                let nodes = listed["items"]
                     .as_array()
-                    .into_iter()
-                    .flatten()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let names: Vec<String> = nodes
+                    .iter()
                     .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
                     .collect();
-                let scrapes = names.iter().map(|name| self.scrape_node(name));
+                // Only agents that serve an endpoint (hollow nodes do not).
+                let scrapes = nodes.iter().filter_map(|node| {
+                    let name = node["metadata"]["name"].as_str()?;
+                    let endpoint = super::proxy::agent_endpoint(node).ok()?;
+                    Some(self.scrape_node(name, endpoint))
+                });
                 futures::future::join_all(scrapes).await;
                 self.resource_metrics.retain(&names);
             }
@@ -327,9 +337,8 @@ impl Api {
         }
     }
 
-    async fn scrape_node(&self, name: &str) {
+    async fn scrape_node(&self, name: &str, (host, port): (String, u16)) {
         let fetched = async {
-            let (host, port) = self.agent_of(name).await?;
             let response = self.agent_get(&host, port, "/metrics/resource").await?;
             if !response.status().is_success() {
                 return Err(ApiError::internal(format!("{}", response.status())));
@@ -409,7 +418,7 @@ impl Api {
             name: None,
             subresource: None,
         };
-        let listed = self.list(&target, query, false).await?;
+        let listed = self.list_from_store(&target, query, false).await?;
         Ok(listed["items"].as_array().cloned().unwrap_or_default())
     }
 

@@ -1,21 +1,22 @@
-//! Watches: the current state (unless a version is given), then every
-//! change from the store's watch, as `{"type", "object"}` lines (or one-row
-//! tables for `kubectl get -w`), filtered by the request's selectors.
+//! Watches, served from the resource's watch cache: the current state
+//! (unless a version is given), then every change, as `{"type", "object"}`
+//! lines (or one-row tables for `kubectl get -w`), filtered by the
+//! request's selectors.
 
 use std::time::Duration;
 
 use axum::body::Body;
+use bytes::Bytes;
 use futures::StreamExt;
 use hyper::{Response, header};
 use serde_json::{Value, json};
 
+use super::cache::{CachedEvent, EventType, From, Item, Subscription, event_line};
 use super::request::Query;
-use super::{Api, Codec, Target};
-use crate::object::with_version;
+use super::{Api, Target};
 use crate::resources::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::storage::{Change, Store, WatchBatch};
 use crate::table;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -23,9 +24,57 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// How long a watch runs when the client names no `timeoutSeconds`.
 const DEFAULT_WATCH_SECONDS: u64 = 1800;
 
+/// Where a request wants its read to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ReadAt {
+    /// No `resourceVersion`: at least everything written before the request.
+    Consistent,
+    /// `resourceVersion=0`: whatever the cache has.
+    Any,
+    /// At least this version.
+    NotOlderThan(i64),
+}
+
+impl ReadAt {
+    pub(super) fn of(query: &Query) -> Result<Self> {
+        match query.get("resourceVersion") {
+            None | Some("") => Ok(ReadAt::Consistent),
+            Some("0") => Ok(ReadAt::Any),
+            Some(rv) => rv
+                .parse::<i64>()
+                .ok()
+                .filter(|rv| *rv > 0)
+                .map(ReadAt::NotOlderThan)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))),
+        }
+    }
+}
+
 impl Api {
+    /// The cache of `resource`, once it can answer a read at `at`.
+    pub(super) async fn cache_at(
+        &self,
+        resource: &'static Resource,
+        at: ReadAt,
+    ) -> Result<std::sync::Arc<super::cache::WatchCache>> {
+        let at_least = match at {
+            ReadAt::Consistent => None,
+            ReadAt::Any => Some(1),
+            ReadAt::NotOlderThan(rv) => Some(rv),
+        };
+        self.caches
+            .current(resource, at_least)
+            .await?
+            .ok_or_else(|| {
+                ApiError::timeout(match at {
+                    ReadAt::NotOlderThan(rv) => format!("Too large resource version: {rv}"),
+                    _ => "the watch cache has not caught up with the store".to_owned(),
+                })
+            })
+    }
+
     /// `?watch=true`: a stream of `{"type", "object"}` lines.
-    pub(super) fn watch(
+    pub(super) async fn watch(
         &self,
         target: &Target,
         query: &Query,
@@ -35,36 +84,47 @@ impl Api {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let from =
-            match query.get("resourceVersion") {
-                None | Some("0") => None,
-                Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-            };
+        let at = ReadAt::of(query)?;
         let seconds = query
             .number("timeoutSeconds")?
             .map_or(DEFAULT_WATCH_SECONDS, |s| s.max(1) as u64);
-        let watcher = Watcher {
-            store: self.store.clone(),
-            codec: self.codec.clone(),
-            resource: target.resource,
-            prefix: target.resource.prefix(target.namespace.as_deref()),
-            labels,
-            fields,
-            bookmarks: query.flag("allowWatchBookmarks"),
-            table,
+        let resource = target.resource;
+        let node = (resource.plural == "pods")
+            .then(|| fields.pinned("spec.nodeName").map(str::to_owned))
+            .flatten();
+        let prefix = resource.prefix(target.namespace.as_deref());
+        let bookmarks = query.flag("allowWatchBookmarks");
+        let from = match at {
+            ReadAt::NotOlderThan(rv) => From::After(rv),
+            ReadAt::Consistent | ReadAt::Any => From::Now,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-        let shutdown = self.shutdown.clone();
-        let (lines, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-        tokio::spawn(async move {
-            tokio::select! {
-                () = watcher.run(from, &lines) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-                () = shutdown.cancelled() => {}
+        let subscription = match self.cache_at(resource, at).await {
+            Ok(cache) => cache.subscribe(from, prefix.as_bytes(), node.as_deref(), bookmarks),
+            Err(error) => Err(error),
+        };
+        let (lines, receiver) = tokio::sync::mpsc::channel::<Bytes>(64);
+        match subscription {
+            // Kubernetes answers a watch it cannot start with an ERROR event.
+            Err(error) => drop(lines.try_send(event_line("ERROR", &error.to_status()).into())),
+            Ok(subscription) => {
+                let watcher = Watcher {
+                    resource,
+                    labels,
+                    fields,
+                    bookmarks,
+                    table,
+                };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+                let shutdown = self.shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = watcher.run(subscription, &lines) => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                });
             }
-        });
+        }
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
             .map(Ok::<_, std::convert::Infallible>);
         let mut response = Response::new(Body::from_stream(stream));
@@ -78,132 +138,92 @@ impl Api {
 
 /// Feeds one watch.
 struct Watcher {
-    store: Store,
-    codec: Codec,
     resource: &'static Resource,
-    prefix: String,
     labels: LabelSelector,
     fields: FieldSelector,
     bookmarks: bool,
     table: bool,
 }
 
-fn event_line(kind: &str, object: &Value) -> Vec<u8> {
-    let mut line = json!({"type": kind, "object": object})
-        .to_string()
-        .into_bytes();
-    line.push(b'\n');
-    line
-}
-
 impl Watcher {
-    /// An event about `object`: the object, or a one-row table of it when
-    /// the client asked for tables (`kubectl get -w`).
-    fn line(&self, kind: &str, object: &Value) -> Vec<u8> {
-        if self.table {
-            let rv = object["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default();
-            let table = table::table(self.resource.kind, std::slice::from_ref(object), rv, None);
-            return event_line(kind, &table);
-        }
-        event_line(kind, object)
+    /// An event about `object` for this client: one-row tables for `kubectl get -w`.
+    fn table_line(&self, kind: EventType, object: &Value) -> Bytes {
+        let rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let table = table::table(self.resource.kind, std::slice::from_ref(object), rv, None);
+        event_line(kind.name(), &table).into()
     }
 
     fn selected(&self, object: &Value) -> bool {
         self.labels.matches(object) && self.fields.matches(object)
     }
 
-    /// Sends events until the client goes away or the store ends the watch.
-    async fn run(self, from: Option<i64>, lines: &tokio::sync::mpsc::Sender<Vec<u8>>) {
-        if let Err(error) = self.events(from, lines).await {
-            let error = ApiError::from(error);
-            let status = if error.code == 410 {
-                ApiError::gone(format!("too old resource version: {}", from.unwrap_or(0)))
-                    .to_status()
-            } else {
-                error.to_status()
-            };
-            drop(lines.send(event_line("ERROR", &status)).await);
-        }
-    }
-
-    async fn events(
-        &self,
-        from: Option<i64>,
-        lines: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    ) -> std::result::Result<(), crate::storage::StoreError> {
-        // Without a version, the watch starts with the current state.
-        let start = match from {
-            Some(rv) => rv + 1,
-            None => {
-                let page = self.store.list(self.prefix.as_bytes(), None, 0, 0).await?;
-                for stored in &page.items {
-                    let Ok(object) = self.codec.decode(self.resource, stored) else {
-                        continue;
-                    };
-                    if self.selected(&object)
-                        && lines.send(self.line("ADDED", &object)).await.is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                page.revision + 1
+    /// Sends events until the client goes away, the cache ends the watch
+    /// (the client was too slow, or the cache reloaded), or it times out.
+    async fn run(self, mut subscription: Subscription, lines: &tokio::sync::mpsc::Sender<Bytes>) {
+        for cached in std::mem::take(&mut subscription.initial) {
+            if !self.selected(&cached.object) {
+                continue;
             }
-        };
-        let mut watch = self.store.watch(self.prefix.as_bytes(), start).await?;
-        loop {
-            let batch = watch.next().await?;
-            let events: Vec<Vec<u8>> = match batch {
-                WatchBatch::Progress(revision) if self.bookmarks => {
+            let line = if self.table {
+                self.table_line(EventType::Added, &cached.object)
+            } else {
+                event_line("ADDED", &cached.object).into()
+            };
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+        for event in std::mem::take(&mut subscription.backlog) {
+            if let Some(line) = self.event(&event)
+                && lines.send(line).await.is_err()
+            {
+                return;
+            }
+        }
+        while let Some(item) = subscription.receiver.recv().await {
+            let line = match item {
+                Item::Event(event) => self.event(&event),
+                Item::Bookmark(revision) if self.bookmarks => {
                     let bookmark = json!({
                         "kind": self.resource.kind,
                         "apiVersion": self.resource.api_version(),
                         "metadata": {"resourceVersion": revision.to_string()},
                     });
-                    vec![event_line("BOOKMARK", &bookmark)]
+                    Some(event_line("BOOKMARK", &bookmark).into())
                 }
-                WatchBatch::Progress(_) => Vec::new(),
-                WatchBatch::Changes(changes) => {
-                    changes.iter().filter_map(|c| self.event(c)).collect()
-                }
+                Item::Bookmark(_) => None,
             };
-            for line in events {
-                if lines.send(line).await.is_err() {
-                    return Ok(());
-                }
+            if let Some(line) = line
+                && lines.send(line).await.is_err()
+            {
+                return;
             }
         }
     }
 
-    /// A change as the event a client with this watch's selectors sees.
-    fn event(&self, change: &Change) -> Option<Vec<u8>> {
-        match change {
-            Change::Put {
-                kv,
-                created,
-                previous,
-            } => {
-                let object = self.codec.decode(self.resource, kv).ok()?;
-                let was = previous
-                    .as_ref()
-                    .and_then(|p| self.codec.decode(self.resource, p).ok())
-                    .is_some_and(|p| self.selected(&p));
-                match (was && !created, self.selected(&object)) {
-                    (false, true) => Some(self.line("ADDED", &object)),
-                    (true, true) => Some(self.line("MODIFIED", &object)),
-                    (true, false) => Some(self.line("DELETED", &object)),
-                    (false, false) => None,
-                }
+    /// A change as the event a client with this watch's selectors sees: an
+    /// object that stops matching is `DELETED` for it, one that starts is `ADDED`.
+    fn event(&self, event: &CachedEvent) -> Option<Bytes> {
+        let was = event
+            .previous
+            .as_ref()
+            .is_some_and(|p| self.selected(&p.object));
+        let kind = if event.deleted {
+            was.then_some(EventType::Deleted)?
+        } else {
+            match (was, self.selected(&event.object.object)) {
+                (false, true) => EventType::Added,
+                (true, true) => EventType::Modified,
+                (true, false) => EventType::Deleted,
+                (false, false) => return None,
             }
-            Change::Deleted { previous, revision } => {
-                let object = with_version(
-                    self.codec.decode(self.resource, previous.as_ref()?).ok()?,
-                    *revision,
-                );
-                self.selected(&object)
-                    .then(|| self.line("DELETED", &object))
-            }
-        }
+        };
+        Some(if self.table {
+            self.table_line(kind, &event.object.object)
+        } else {
+            event.line(kind)
+        })
     }
 }

@@ -127,7 +127,13 @@ impl Session {
     }
 
     fn response(&self, watch_id: i64) -> WatchResponse {
-        let revision = self.node.store().revision();
+        self.response_at(watch_id, self.node.store().revision())
+    }
+
+    /// A response whose header says `revision`: for progress notifications,
+    /// the revision every event before which has been sent, never a later
+    /// one the watchers have not been caught up to.
+    fn response_at(&self, watch_id: i64, revision: i64) -> WatchResponse {
         WatchResponse {
             header: Some(self.node.header(revision)),
             watch_id,
@@ -154,8 +160,9 @@ impl Session {
                 Ok(())
             }
             Some(RequestUnion::ProgressRequest(_)) => {
+                let caught_up = self.node.hub().revision();
                 self.catch_up_all().await?;
-                self.send(self.response(NO_WATCH_ID)).await
+                self.send(self.response_at(NO_WATCH_ID, caught_up)).await
             }
             None => Ok(()),
         }
@@ -320,7 +327,7 @@ impl Session {
             .values_mut()
             .for_each(|w| w.sent_since_tick = false);
         for id in due {
-            self.send(self.response(id)).await?;
+            self.send(self.response_at(id, current)).await?;
         }
         Ok(())
     }
