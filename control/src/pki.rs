@@ -109,6 +109,15 @@ pub fn groups(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The user a client certificate (DER) names: its subject's common name.
+pub fn user(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok().map(str::to_owned))
+}
+
 /// When the first certificate in `pem` expires; `None` if there is none
 /// that parses.
 pub fn expiry(pem: &str) -> Option<chrono::DateTime<Utc>> {
@@ -289,6 +298,10 @@ mod tests {
             .issue_client("system:node:n1", &["system:nodes"])
             .unwrap();
         assert_eq!(groups(&der(&node.cert_pem)), ["system:nodes"]);
+        assert_eq!(
+            user(&der(&node.cert_pem)).as_deref(),
+            Some("system:node:n1")
+        );
         assert!(groups(b"junk").is_empty());
     }
 

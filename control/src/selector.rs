@@ -150,7 +150,11 @@ impl LabelSelector {
 
     /// Whether `object`'s `metadata.labels` satisfy every requirement.
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
+        self.matches_labels(&object["metadata"]["labels"])
+    }
+
+    /// Whether an object with `labels` (its `metadata.labels`) matches.
+    pub fn matches_labels(&self, labels: &Value) -> bool {
         self.0
             .iter()
             .all(|r| r.matches(labels.get(&r.key).and_then(Value::as_str)))
@@ -175,6 +179,15 @@ impl FieldSelector {
             requirements.push(requirement);
         }
         Ok(Self(requirements))
+    }
+
+    /// The fields it tests (`spec.nodeName`).
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| r.key.as_str())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The name this selector pins (`metadata.name=x`), if any: lets a list

@@ -366,6 +366,8 @@ pub async fn run(
                 let certificates = certificates.clone();
                 move || certificates.issue().map_err(|e| e.to_string())
             }))),
+            limits: crate::api::Limits::default(),
+            request_timeout: crate::api::REQUEST_TIMEOUT,
         },
         shutdown.clone(),
     );
@@ -411,18 +413,25 @@ pub async fn run(
                     return;
                 }
             };
-            let caller = crate::api::Caller::of(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| c.as_ref()),
-            );
+            let certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref());
+            let caller = crate::api::Caller::of(certificate);
+            let identity = certificate.map(|der| crate::api::Identity {
+                user: crate::pki::user(der).unwrap_or_default(),
+                groups: crate::pki::groups(der),
+            });
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
-                    let api = api.clone();
+                    let (api, identity) = (api.clone(), identity.clone());
                     async move {
-                        let request = request.map(axum::body::Body::new);
+                        let mut request = request.map(axum::body::Body::new);
+                        if let Some(identity) = identity {
+                            request.extensions_mut().insert(identity);
+                        }
                         Ok::<_, std::convert::Infallible>(api.serve(caller, request).await)
                     }
                 },

@@ -26,10 +26,15 @@
 //! - **Indexes:** pods are indexed by `spec.nodeName`, for objects and for
 //!   watchers, so each node's agent costs a pod event only when the pod is
 //!   its own.
+//! - **Memory:** an object is kept encoded (as clients receive it), with
+//!   its labels and the fields Kubernetes allows selecting on beside it;
+//!   a decoded `serde_json::Value` of a pod is about six times its JSON.
+//!   Lists and watch events are written from the encoded bytes; only a
+//!   selector on another field, or a table, decodes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,15 +45,16 @@ use tokio_util::sync::CancellationToken;
 use super::Codec;
 use crate::object::with_version;
 use crate::resources::Resource;
+use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::storage::{Change, Store, StoreError, Stored, WatchBatch, prefix_end};
 
 /// Keys read per page while the cache loads.
 const LOAD_PAGE: i64 = 5_000;
-/// Events kept at least this long, so watchers can resume.
-const RETAIN: Duration = Duration::from_secs(150);
+/// Events kept this long (Kubernetes' cache keeps 75 s), so watchers can resume.
+const RETAIN: Duration = Duration::from_secs(75);
 /// Events kept at most, however young: a watcher further behind relists.
-const RETAIN_MAX: usize = 250_000;
+const RETAIN_MAX: usize = 100_000;
 /// Changes a watcher may have queued before it counts as too slow.
 const WATCHER_QUEUE: usize = 1_024;
 /// How often watchers that asked for them get a bookmark.
@@ -56,14 +62,115 @@ const BOOKMARK_PERIOD: Duration = Duration::from_secs(30);
 /// How long a read waits for the cache to reach the revision it needs.
 pub(super) const CATCH_UP: Duration = Duration::from_secs(3);
 
-/// An object as the cache holds it: decoded once, shared by every reader.
+/// The fields Kubernetes lets clients select on (`fieldSelector`), kept
+/// beside each object so a selection needs no decoding.
+const SELECTABLE: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.unschedulable",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+    "status.replicas",
+    "status.successful",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+/// An object as the cache holds it, shared by every reader.
 #[derive(Debug)]
 pub(super) struct Cached {
     pub(super) key: Vec<u8>,
-    /// As its clients see it, `metadata.resourceVersion` set.
-    pub(super) object: Value,
+    /// The object as its clients see it (`metadata.resourceVersion` set), encoded.
+    pub(super) json: Bytes,
+    /// `metadata.labels`.
+    labels: Value,
+    /// The [`SELECTABLE`] fields it has, at their paths.
+    fields: Value,
     /// `spec.nodeName`, for pods.
     node: Option<String>,
+}
+
+impl Cached {
+    fn new(key: Vec<u8>, object: &Value, index_node: bool) -> Self {
+        let mut fields = Value::Object(serde_json::Map::new());
+        for path in SELECTABLE {
+            let mut at = object;
+            for step in path.split('.') {
+                at = &at[step];
+            }
+            if at.is_null() {
+                continue;
+            }
+            let mut into = &mut fields;
+            for step in path.split('.') {
+                into = &mut into[step];
+            }
+            *into = at.clone();
+        }
+        Cached {
+            key,
+            // Encoding a `Value` cannot fail.
+            json: serde_json::to_vec(object).unwrap_or_default().into(),
+            labels: object["metadata"]["labels"].clone(),
+            fields,
+            node: index_node
+                .then(|| object["spec"]["nodeName"].as_str().map(str::to_owned))
+                .flatten(),
+        }
+    }
+
+    /// The object, decoded.
+    pub(super) fn object(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+}
+
+/// A request's label and field selectors, tested on cached objects.
+#[derive(Debug)]
+pub(super) struct Selection {
+    labels: LabelSelector,
+    fields: FieldSelector,
+    /// Every field it tests is one the cache keeps beside the object.
+    kept: bool,
+}
+
+impl Selection {
+    pub(super) fn new(labels: LabelSelector, fields: FieldSelector) -> Self {
+        let kept = fields.fields().all(|f| SELECTABLE.contains(&f));
+        Self {
+            labels,
+            fields,
+            kept,
+        }
+    }
+
+    pub(super) fn selects(&self, cached: &Cached) -> bool {
+        if !self.labels.matches_labels(&cached.labels) {
+            return false;
+        }
+        if self.fields.is_empty() {
+            return true;
+        }
+        if self.kept {
+            self.fields.matches(&cached.fields)
+        } else {
+            self.fields.matches(&cached.object())
+        }
+    }
 }
 
 /// One change, as every watcher of the cache receives it.
@@ -77,9 +184,6 @@ pub(super) struct CachedEvent {
     /// The object before the change, if there was one.
     pub(super) previous: Option<Arc<Cached>>,
     pub(super) deleted: bool,
-    /// `{"type": T, "object": …}` lines, for `ADDED`, `MODIFIED`, `DELETED`:
-    /// encoded once, for the first watcher that sends it.
-    lines: [OnceLock<Bytes>; 3],
 }
 
 /// The watch events Kubernetes sends.
@@ -102,23 +206,21 @@ impl EventType {
 
 /// `{"type": kind, "object": object}` and a newline.
 pub(super) fn event_line(kind: &str, object: &Value) -> Vec<u8> {
-    let mut line = Vec::with_capacity(256);
-    line.extend_from_slice(b"{\"type\":");
-    // Neither can fail: a string and a JSON value.
-    drop(serde_json::to_writer(&mut line, kind));
-    line.extend_from_slice(b",\"object\":");
-    drop(serde_json::to_writer(&mut line, object));
-    line.extend_from_slice(b"}\n");
-    line
+    let mut json = Vec::with_capacity(1024);
+    // Encoding a `Value` cannot fail.
+    drop(serde_json::to_writer(&mut json, object));
+    encoded_event_line(kind, &json)
 }
 
-impl CachedEvent {
-    /// This event as a `kind` line of its object.
-    pub(super) fn line(&self, kind: EventType) -> Bytes {
-        let slot = &self.lines[kind as usize];
-        slot.get_or_init(|| event_line(kind.name(), &self.object.object).into())
-            .clone()
-    }
+/// `{"type": kind, "object": …}` around an object already encoded.
+pub(super) fn encoded_event_line(kind: &str, json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(json.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    line
 }
 
 /// What a watcher's queue carries.
@@ -372,7 +474,7 @@ impl WatchCache {
         prefix: &[u8],
         node: Option<&str>,
         limit: usize,
-        select: impl Fn(&Value) -> bool,
+        selection: &Selection,
     ) -> Listed {
         let state = self.read();
         let mut items = Vec::new();
@@ -386,7 +488,7 @@ impl WatchCache {
                 *next = Some(key);
                 return false;
             }
-            if select(&cached.object) {
+            if selection.selects(cached) {
                 items.push(cached.clone());
             }
             true
@@ -505,16 +607,11 @@ impl WatchCache {
 
     fn decode(&self, codec: &Codec, stored: &Stored) -> Option<Arc<Cached>> {
         match codec.decode(self.resource, stored) {
-            Ok(object) => {
-                let node = (self.resource.plural == "pods")
-                    .then(|| object["spec"]["nodeName"].as_str().map(str::to_owned))
-                    .flatten();
-                Some(Arc::new(Cached {
-                    key: stored.key.clone(),
-                    object,
-                    node,
-                }))
-            }
+            Ok(object) => Some(Arc::new(Cached::new(
+                stored.key.clone(),
+                &object,
+                self.resource.plural == "pods",
+            ))),
             Err(error) => {
                 tracing::warn!(resource = self.resource.plural, key = %String::from_utf8_lossy(&stored.key), error = %error.message, "the cache skips an object it cannot decode");
                 None
@@ -541,7 +638,6 @@ impl WatchCache {
                         object: cached,
                         previous,
                         deleted: false,
-                        lines: Default::default(),
                     }
                 }
                 Change::Deleted { key, revision, .. } => {
@@ -549,18 +645,17 @@ impl WatchCache {
                     let Some(previous) = state.remove(&key) else {
                         continue;
                     };
-                    let object = Arc::new(Cached {
-                        key: key.clone(),
-                        object: with_version(previous.object.clone(), revision),
-                        node: previous.node.clone(),
-                    });
+                    let object = Arc::new(Cached::new(
+                        key.clone(),
+                        &with_version(previous.object(), revision),
+                        previous.node.is_some(),
+                    ));
                     CachedEvent {
                         revision,
                         key,
                         object,
                         previous: Some(previous),
                         deleted: true,
-                        lines: Default::default(),
                     }
                 }
             };
@@ -781,12 +876,17 @@ mod tests {
     use serde_json::json;
 
     fn cached(key: &str, node: Option<&str>, rv: i64) -> Arc<Cached> {
-        Arc::new(Cached {
-            key: key.as_bytes().to_vec(),
-            object: json!({"metadata": {"name": key, "resourceVersion": rv.to_string()},
-                           "spec": {"nodeName": node}}),
-            node: node.map(str::to_owned),
-        })
+        let object = json!({"metadata": {"name": key, "resourceVersion": rv.to_string(),
+                                         "labels": {"app": "web"}},
+                            "spec": {"nodeName": node}});
+        Arc::new(Cached::new(key.as_bytes().to_vec(), &object, true))
+    }
+
+    fn selection(labels: &str, fields: &str) -> Selection {
+        Selection::new(
+            LabelSelector::parse(labels).unwrap(),
+            FieldSelector::parse(fields).unwrap(),
+        )
     }
 
     fn event(key: &str, node: Option<&str>, rv: i64) -> Arc<CachedEvent> {
@@ -796,7 +896,6 @@ mod tests {
             object: cached(key, node, rv),
             previous: None,
             deleted: false,
-            lines: Default::default(),
         })
     }
 
@@ -892,13 +991,29 @@ mod tests {
             })
             .collect();
         cache.reset(objects, 9);
-        let page = cache.list(b"/p/", None, 4, |_| true);
+        let everything = selection("", "");
+        let page = cache.list(b"/p/", None, 4, &everything);
         assert_eq!(page.items.len(), 4);
         assert_eq!(page.next.as_deref(), Some(&b"/p/3\0"[..]));
-        let odd = cache.list(b"/p/", Some("odd"), 0, |_| true);
+        let odd = cache.list(b"/p/", Some("odd"), 0, &everything);
         assert_eq!(odd.items.len(), 5);
         assert!(odd.next.is_none());
         assert_eq!(odd.revision, 9);
+    }
+
+    #[test]
+    fn selections_use_the_kept_fields_and_decode_for_others() {
+        let pod = cached("/p/a", Some("n1"), 3);
+        assert!(selection("app=web", "spec.nodeName=n1").selects(&pod));
+        assert!(!selection("app=db", "").selects(&pod));
+        assert!(!selection("", "spec.nodeName=n2").selects(&pod));
+        assert!(
+            selection("", "metadata.resourceVersion=3").selects(&pod),
+            "decoded"
+        );
+        assert_eq!(pod.object()["metadata"]["name"], "/p/a");
+        let line = encoded_event_line("ADDED", b"{}");
+        assert_eq!(line, b"{\"type\":\"ADDED\",\"object\":{}}\n");
     }
 
     #[test]

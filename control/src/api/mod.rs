@@ -34,6 +34,7 @@ use crate::table;
 use crate::{defaults, validation};
 
 mod cache;
+mod fairness;
 mod members;
 mod proxy;
 mod request;
@@ -44,6 +45,7 @@ mod watch;
 
 use members::KEELSON_PATHS;
 
+pub use fairness::{Identity, Limits};
 pub use request::decode_component;
 use request::{Query, Validation, decode_continue, encode_continue};
 use shape::{defaults_on_create, job_selector, normalize, scale_of, set_condition};
@@ -52,6 +54,9 @@ use shape::{defaults_on_create, job_selector, normalize, scale_of, set_condition
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// The content type of Kubernetes' protobuf encoding.
 const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+/// How long a request other than a watch, exec, log or proxy may take
+/// (kube-apiserver's `--request-timeout`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Patches retried this many times when the object moves underneath them.
 const PATCH_ATTEMPTS: usize = 5;
 
@@ -98,6 +103,8 @@ pub struct Api {
     codec: Codec,
     /// Watches and lists are served from here.
     caches: cache::Caches,
+    fairness: fairness::Fairness,
+    request_timeout: Duration,
     /// Answers joiners.
     bootstrap: Bootstrap,
     /// Where Service ClusterIPs come from.
@@ -207,6 +214,21 @@ fn encode(object: &Value) -> Vec<u8> {
     stored.to_string().into_bytes()
 }
 
+/// Watches, exec, logs and proxying: streams that last as long as the
+/// client wants, so neither a seat nor the request timeout applies.
+fn long_running(request: &Request<Body>) -> bool {
+    let path = request.uri().path();
+    let watch = request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| matches!(p, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
+    });
+    watch
+        || path.ends_with("/exec")
+        || path.ends_with("/attach")
+        || path.ends_with("/portforward")
+        || path.contains("/proxy")
+}
+
 /// The verb a request performs, for metrics and logs.
 fn verb(method: &Method, target: Option<&Target>, watch: bool) -> &'static str {
     let named = target.is_some_and(|t| t.name.is_some());
@@ -236,6 +258,10 @@ pub struct Settings {
     pub metrics: Option<MetricsRender>,
     /// Issues the member's own certificates again and serves the new ones.
     pub rotate: Option<RotateCertificates>,
+    /// Requests in flight per priority level and per client.
+    pub limits: Limits,
+    /// How long an ordinary request may take before it is answered `504`.
+    pub request_timeout: Duration,
 }
 
 /// Who sent a request, as its client certificate says.
@@ -300,6 +326,8 @@ impl Api {
             nodes,
             resource_metrics: resource_metrics::ResourceMetrics::default(),
             caches: cache::Caches::new(store.clone(), codec.clone(), shutdown.clone()),
+            fairness: fairness::Fairness::new(settings.limits),
+            request_timeout: settings.request_timeout,
             store,
             codec,
             bootstrap,
@@ -367,11 +395,16 @@ impl Api {
             _ if authenticated => {
                 // Every log line of the request carries what it was.
                 let span = tracing::debug_span!("request", %method, %path);
-                tracing::Instrument::instrument(self.route(request), span).await
+                tracing::Instrument::instrument(self.admit(request), span).await
             }
             _ => (Err(ApiError::unauthorized()), "OTHER", String::new()),
         };
-        let response = response.unwrap_or_else(|error| error_response(&error));
+        let mut response = response.unwrap_or_else(|error| error_response(&error));
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
         let code = response.status().as_u16().to_string();
         let elapsed = started.elapsed();
         metrics::counter!("apiserver_request_total", "verb" => verb, "resource" => resource.clone(), "code" => code.clone()).increment(1);
@@ -381,6 +414,40 @@ impl Api {
         }
         tracing::debug!(%method, %path, verb, resource, code, elapsed_ms = elapsed.as_millis() as u64, "request");
         response
+    }
+
+    /// Routes a request once it has a seat (long-running ones need none),
+    /// and answers `504` when an ordinary one runs past the request timeout.
+    async fn admit(
+        &self,
+        request: Request<Body>,
+    ) -> (Result<Response<Body>>, &'static str, String) {
+        if long_running(&request) {
+            return self.route(request).await;
+        }
+        let identity = request.extensions().get::<Identity>().cloned();
+        let _seat = match self.fairness.seat(identity.as_ref()).await {
+            Ok(seat) => seat,
+            Err(error) => {
+                return (
+                    Err(error),
+                    verb(request.method(), None, false),
+                    String::new(),
+                );
+            }
+        };
+        let method = request.method().clone();
+        match tokio::time::timeout(self.request_timeout, self.route(request)).await {
+            Ok(answer) => answer,
+            Err(_) => (
+                Err(ApiError::timeout(format!(
+                    "request did not complete within the allowed duration of {:?}",
+                    self.request_timeout
+                ))),
+                verb(&method, None, false),
+                String::new(),
+            ),
+        }
     }
 
     async fn route(
@@ -635,7 +702,7 @@ impl Api {
             let cached = cache
                 .get(target.key()?.as_bytes())
                 .ok_or_else(|| ApiError::not_found(target.resource, target.name()))?;
-            return Ok(cached.object.clone());
+            return Ok(cached.object());
         }
         self.get(target).await
     }
@@ -688,18 +755,17 @@ impl Api {
             _ => query.number("limit")?.unwrap_or(0).max(0) as usize,
         };
         let node = (resource.plural == "pods")
-            .then(|| fields.pinned("spec.nodeName"))
+            .then(|| fields.pinned("spec.nodeName").map(str::to_owned))
             .flatten();
         let prefix = resource.prefix(target.namespace.as_deref());
-        let listed = cache.list(prefix.as_bytes(), node, limit, |object| {
-            labels.matches(object) && fields.matches(object)
-        });
+        let selection = cache::Selection::new(labels, fields);
+        let listed = cache.list(prefix.as_bytes(), node.as_deref(), limit, &selection);
         let rv = listed.revision.to_string();
         let next = listed
             .next
             .map(|key| encode_continue(listed.revision, &key));
         if table {
-            let items: Vec<Value> = listed.items.iter().map(|c| c.object.clone()).collect();
+            let items: Vec<Value> = listed.items.iter().map(|c| c.object()).collect();
             let table = table::table(resource.kind, &items, &rv, next.as_deref());
             return Ok(json_response(StatusCode::OK, &table));
         }
@@ -721,8 +787,7 @@ impl Api {
             if i > 0 {
                 body.push(b',');
             }
-            serde_json::to_writer(&mut body, &cached.object)
-                .map_err(|e| ApiError::internal(format!("an object does not encode: {e}")))?;
+            body.extend_from_slice(&cached.json);
         }
         body.extend_from_slice(b"]}");
         Ok(json_bytes(StatusCode::OK, body))

@@ -9,9 +9,12 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
 use hyper::{Response, header};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::cache::{CachedEvent, EventType, From, Item, Subscription, event_line};
+use super::cache::{
+    Cached, CachedEvent, EventType, From, Item, Selection, Subscription, encoded_event_line,
+    event_line,
+};
 use super::request::Query;
 use super::{Api, Target};
 use crate::resources::Resource;
@@ -109,8 +112,7 @@ impl Api {
             Ok(subscription) => {
                 let watcher = Watcher {
                     resource,
-                    labels,
-                    fields,
+                    selection: Selection::new(labels, fields),
                     bookmarks,
                     table,
                 };
@@ -139,39 +141,38 @@ impl Api {
 /// Feeds one watch.
 struct Watcher {
     resource: &'static Resource,
-    labels: LabelSelector,
-    fields: FieldSelector,
+    selection: Selection,
     bookmarks: bool,
     table: bool,
 }
 
 impl Watcher {
-    /// An event about `object` for this client: one-row tables for `kubectl get -w`.
-    fn table_line(&self, kind: EventType, object: &Value) -> Bytes {
+    /// An event about `cached` for this client: the object, or a one-row
+    /// table of it for `kubectl get -w`.
+    fn line(&self, kind: EventType, cached: &Cached) -> Bytes {
+        if !self.table {
+            return encoded_event_line(kind.name(), &cached.json).into();
+        }
+        let object = cached.object();
         let rv = object["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_default();
-        let table = table::table(self.resource.kind, std::slice::from_ref(object), rv, None);
+        let table = table::table(self.resource.kind, std::slice::from_ref(&object), rv, None);
         event_line(kind.name(), &table).into()
-    }
-
-    fn selected(&self, object: &Value) -> bool {
-        self.labels.matches(object) && self.fields.matches(object)
     }
 
     /// Sends events until the client goes away, the cache ends the watch
     /// (the client was too slow, or the cache reloaded), or it times out.
     async fn run(self, mut subscription: Subscription, lines: &tokio::sync::mpsc::Sender<Bytes>) {
         for cached in std::mem::take(&mut subscription.initial) {
-            if !self.selected(&cached.object) {
+            if !self.selection.selects(&cached) {
                 continue;
             }
-            let line = if self.table {
-                self.table_line(EventType::Added, &cached.object)
-            } else {
-                event_line("ADDED", &cached.object).into()
-            };
-            if lines.send(line).await.is_err() {
+            if lines
+                .send(self.line(EventType::Added, &cached))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -209,21 +210,17 @@ impl Watcher {
         let was = event
             .previous
             .as_ref()
-            .is_some_and(|p| self.selected(&p.object));
+            .is_some_and(|p| self.selection.selects(p));
         let kind = if event.deleted {
             was.then_some(EventType::Deleted)?
         } else {
-            match (was, self.selected(&event.object.object)) {
+            match (was, self.selection.selects(&event.object)) {
                 (false, true) => EventType::Added,
                 (true, true) => EventType::Modified,
                 (true, false) => EventType::Deleted,
                 (false, false) => return None,
             }
         };
-        Some(if self.table {
-            self.table_line(kind, &event.object.object)
-        } else {
-            event.line(kind)
-        })
+        Some(self.line(kind, &event.object))
     }
 }

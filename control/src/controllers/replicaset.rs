@@ -199,10 +199,14 @@ impl ReplicaSetController {
         let (namespace, _) = split_key(key);
         let namespace = namespace.unwrap_or_default();
         let needs_sync = self.expectations.satisfied(key);
+        // Its own pods and the orphans it may adopt, from the informer's
+        // indexes: not every pod of the namespace.
+        let uid = set.metadata.uid.as_deref().unwrap_or_default();
         let candidates: Vec<Arc<Pod>> = self
             .pods
-            .list_in(namespace)
+            .controlled_by(uid)
             .into_iter()
+            .chain(self.pods.orphans_in(namespace))
             .filter(|p| is_active(p))
             .collect();
         let owned = self.claim(&set, candidates).await?;

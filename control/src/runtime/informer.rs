@@ -12,7 +12,7 @@
 //! difference, so handlers see deletions that happened while the watch was
 //! down. Handlers run on the informer's task and must only enqueue work.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -63,11 +63,89 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// The cached objects, with the indexes controllers look them up by.
+struct Cache<K> {
+    objects: HashMap<String, Arc<K>>,
+    /// Keys of the objects each controller (by uid) controls.
+    controlled: HashMap<String, BTreeSet<String>>,
+    /// Keys of the objects without a controller, by namespace.
+    orphans: HashMap<String, BTreeSet<String>>,
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Self {
+            objects: HashMap::new(),
+            controlled: HashMap::new(),
+            orphans: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Object> Cache<K> {
+    /// Where `object` is indexed: its controller's uid, or its namespace as an orphan.
+    fn slot(object: &K) -> (bool, String) {
+        match super::controller_of(object.meta()) {
+            Some(reference) => (true, reference.uid.clone()),
+            None => (false, object.meta().namespace.clone().unwrap_or_default()),
+        }
+    }
+
+    fn index(&mut self, key: &str, object: &K) {
+        let (controlled, slot) = Self::slot(object);
+        let index = if controlled {
+            &mut self.controlled
+        } else {
+            &mut self.orphans
+        };
+        index.entry(slot).or_default().insert(key.to_owned());
+    }
+
+    fn unindex(&mut self, key: &str, object: &K) {
+        let (controlled, slot) = Self::slot(object);
+        let index = if controlled {
+            &mut self.controlled
+        } else {
+            &mut self.orphans
+        };
+        if let Some(keys) = index.get_mut(&slot) {
+            keys.remove(key);
+            if keys.is_empty() {
+                index.remove(&slot);
+            }
+        }
+    }
+
+    fn insert(&mut self, key: String, object: Arc<K>) -> Option<Arc<K>> {
+        self.index(&key, &object);
+        let old = self.objects.insert(key.clone(), object.clone());
+        if let Some(old) = &old
+            && Self::slot(old.as_ref()) != Self::slot(object.as_ref())
+        {
+            self.unindex(&key, old);
+        }
+        old
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<K>> {
+        let removed = self.objects.remove(key)?;
+        self.unindex(key, &removed);
+        Some(removed)
+    }
+
+    fn lookup(&self, keys: Option<&BTreeSet<String>>) -> Vec<Arc<K>> {
+        keys.into_iter()
+            .flatten()
+            .filter_map(|key| self.objects.get(key).cloned())
+            .collect()
+    }
+}
+
 struct Inner<K> {
     kind: &'static str,
     /// The collection across all namespaces.
     path: String,
-    cache: RwLock<HashMap<String, Arc<K>>>,
+    cache: RwLock<Cache<K>>,
     handlers: Mutex<Vec<Handler<K>>>,
     synced: tokio::sync::watch::Sender<bool>,
     field_selector: Option<String>,
@@ -129,7 +207,7 @@ impl<K: Object> Informer<K> {
             inner: Arc::new(Inner {
                 kind,
                 path,
-                cache: RwLock::new(HashMap::new()),
+                cache: RwLock::new(Cache::default()),
                 handlers: Mutex::new(Vec::new()),
                 synced: tokio::sync::watch::channel(false).0,
                 field_selector,
@@ -150,17 +228,30 @@ impl<K: Object> Informer<K> {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<K>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<K>> {
         self.inner.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<K>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Cache<K>> {
         self.inner.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The object cached under `key` (see [`key_of`]).
     pub fn get(&self, key: &str) -> Option<Arc<K>> {
-        self.read().get(key).cloned()
+        self.read().objects.get(key).cloned()
+    }
+
+    /// The cached objects whose controller is the object with `uid`, from
+    /// an index: a controller need not scan every object to find its own.
+    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
+        let cache = self.read();
+        cache.lookup(cache.controlled.get(uid))
+    }
+
+    /// The cached objects of `namespace` that no controller controls.
+    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        let cache = self.read();
+        cache.lookup(cache.orphans.get(namespace))
     }
 
     pub fn get_in(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
@@ -172,12 +263,13 @@ impl<K: Object> Informer<K> {
 
     /// Every cached object.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.read().values().cloned().collect()
+        self.read().objects.values().cloned().collect()
     }
 
     /// The cached objects of one namespace.
     pub fn list_in(&self, namespace: &str) -> Vec<Arc<K>> {
         self.read()
+            .objects
             .values()
             .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
             .cloned()
@@ -185,7 +277,7 @@ impl<K: Object> Informer<K> {
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -244,6 +336,7 @@ impl<K: Object> Informer<K> {
         let gone: Vec<Arc<K>> = {
             let cache = self.read();
             cache
+                .objects
                 .iter()
                 .filter(|(key, _)| !listed.contains_key(*key))
                 .map(|(_, o)| o.clone())
@@ -400,6 +493,33 @@ mod tests {
             },
             ..Pod::default()
         }
+    }
+
+    #[test]
+    fn controllers_find_their_objects_and_orphans_by_index() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let informer: Informer<Pod> = Informer::new(None);
+        let owned = |name: &str, rv: &str, owner: &str| {
+            let mut p = pod(name, rv);
+            p.metadata.owner_references = Some(vec![OwnerReference {
+                uid: owner.into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]);
+            p
+        };
+        informer.upsert(owned("a", "1", "rs-1"));
+        informer.upsert(owned("b", "1", "rs-2"));
+        informer.upsert(pod("c", "1"));
+        assert_eq!(informer.controlled_by("rs-1").len(), 1);
+        assert_eq!(informer.orphans_in("ns").len(), 1);
+        // Adopted: it moves from the orphans to its controller.
+        informer.upsert(owned("c", "2", "rs-1"));
+        assert_eq!(informer.controlled_by("rs-1").len(), 2);
+        assert!(informer.orphans_in("ns").is_empty());
+        informer.remove(owned("a", "3", "rs-1"));
+        assert_eq!(informer.controlled_by("rs-1").len(), 1);
+        assert!(informer.controlled_by("rs-3").is_empty());
     }
 
     #[test]

@@ -29,6 +29,12 @@ use super::{MemberInfo, TypeConfig};
 
 /// Largest peer message: snapshot chunks are well under it.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of log entries one append carries at most (unless one entry is
+/// larger). openraft 0.9 gives an append one heartbeat interval, 50 ms
+/// here, to be sent, appended durably and answered; an append much larger
+/// than this cannot make it under load, is cancelled, and is sent again
+/// whole: replication stalls for good (seen with 300 one-megabyte entries).
+pub const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -148,9 +154,9 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
         let message = codec::append_entries(&rpc);
         let bytes = message.encoded_len();
-        if bytes > MAX_PEER_MESSAGE_BYTES && rpc.entries.len() > 1 {
+        if bytes > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
             // Ask openraft for fewer entries per message, in proportion.
-            let fit = rpc.entries.len() * MAX_PEER_MESSAGE_BYTES / bytes;
+            let fit = rpc.entries.len() * MAX_APPEND_BYTES / bytes;
             return Err(PayloadTooLarge::new_entries_hint(fit.max(1) as u64).into());
         }
         let request = with_deadline(message, &option);

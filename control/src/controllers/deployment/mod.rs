@@ -249,7 +249,12 @@ impl Sync<'_> {
         let selector = self.selector();
         let deleting = self.d.metadata.deletion_timestamp.is_some();
         let mut owned = Vec::new();
-        for rs in self.controller.sets.list_in(&self.namespace()) {
+        let namespace = self.namespace();
+        let sets = self.controller.sets.controlled_by(&uid);
+        for rs in sets
+            .into_iter()
+            .chain(self.controller.sets.orphans_in(&namespace))
+        {
             let matches = selects(&selector, rs.metadata.labels.as_ref());
             match controller_of(&rs.metadata) {
                 Some(reference) if reference.uid == uid => {
@@ -832,15 +837,13 @@ impl Sync<'_> {
         let old_running = old
             .iter()
             .any(|rs| rs.status.as_ref().is_some_and(|s| s.replicas > 0))
-            || self
-                .controller
-                .pods
-                .list_in(&self.namespace())
-                .iter()
-                .any(|p| {
-                    controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid.as_str()))
-                        && (is_active(p) || p.metadata.deletion_timestamp.is_some())
-                });
+            || old_uids.iter().any(|uid| {
+                self.controller
+                    .pods
+                    .controlled_by(uid)
+                    .iter()
+                    .any(|p| is_active(p) || p.metadata.deletion_timestamp.is_some())
+            });
         if old_running {
             return self.sync_rollout_status(&old, new.as_ref()).await;
         }

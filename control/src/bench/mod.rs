@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError, DeleteOptions, ListParams, WatchEvent};
 
+pub mod cluster;
+
 /// The label on everything the benchmark makes.
 const LABEL: &str = "bench.keelson.dev/scheduler";
 const NAMESPACE: &str = "bench-scheduler";
@@ -62,6 +64,12 @@ pub enum BenchError {
         what: String,
         #[source]
         source: ClientError,
+    },
+    #[error("only {ready} of {nodes} nodes were Ready within {timeout:?}")]
+    Nodes {
+        ready: usize,
+        nodes: usize,
+        timeout: Duration,
     },
     #[error("only {bound} of {pods} pods were bound within {timeout:?}")]
     Timeout {

@@ -4,6 +4,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use keelson_raftstore::bench::{BenchConfig, Workload, run as run_bench};
 
+mod cluster;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Load any etcd v3 endpoint (Keelson's or etcd's) and report throughput and latency.
@@ -11,6 +13,10 @@ pub(crate) enum BenchCommand {
     /// Scheduling throughput: simulated nodes, pods created as fast as the
     /// API takes them, each timed from creation to binding.
     Scheduler(SchedulerBenchArgs),
+    /// A whole cluster under load: hollow nodes, Deployments created at a
+    /// steady rate; API latency, pod startup, scheduler throughput, and the
+    /// members' CPU and memory (three members are started unless given).
+    Cluster(Box<cluster::ClusterBenchArgs>),
     /// Pod startup: pods created onto the cluster's real nodes, each timed
     /// from creation to Running (the image must be on the nodes).
     Pods(PodsBenchArgs),
@@ -168,6 +174,7 @@ pub(crate) struct StoreBenchArgs {
 pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Store(args) => store(args).await,
+        BenchCommand::Cluster(args) => cluster::run(*args).await,
         BenchCommand::Scheduler(args) => scheduler(args).await,
         BenchCommand::Pods(args) => pods(args).await,
         BenchCommand::Proxy(args) => proxy(args).await,
