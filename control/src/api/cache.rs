@@ -667,11 +667,7 @@ impl WatchCache {
         state.trim(now);
         let revision = state.revision;
         drop(state);
-        self.revision.send_if_modified(|r| {
-            let newer = revision > *r;
-            *r = (*r).max(revision);
-            newer
-        });
+        self.publish(revision);
     }
 
     /// The store says every change up to `revision` has been delivered.
@@ -704,6 +700,11 @@ impl WatchCache {
         state.trim(now);
         let revision = state.revision;
         drop(state);
+        self.publish(revision);
+    }
+
+    /// Tells readers waiting on the cache that it has reached `revision`.
+    fn publish(&self, revision: i64) {
         self.revision.send_if_modified(|r| {
             let newer = revision > *r;
             *r = (*r).max(revision);

@@ -21,6 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use axum::body::Body;
+use hyper::{Request, Response};
+
+use super::verb;
 use crate::status::ApiError;
 
 /// Who sent a request, as its client certificate says; the TLS layer puts
@@ -117,6 +121,57 @@ impl Fairness {
             _user: user,
         }))
     }
+}
+
+impl super::Api {
+    /// Routes a request once it has a seat (long-running ones need none),
+    /// and answers `504` when an ordinary one runs past the request timeout.
+    pub(super) async fn admit(
+        &self,
+        request: Request<Body>,
+    ) -> (Result<Response<Body>, ApiError>, &'static str, String) {
+        if long_running(&request) {
+            return self.route(request).await;
+        }
+        let identity = request.extensions().get::<Identity>().cloned();
+        let _seat = match self.fairness.seat(identity.as_ref()).await {
+            Ok(seat) => seat,
+            Err(error) => {
+                return (
+                    Err(error),
+                    verb(request.method(), None, false),
+                    String::new(),
+                );
+            }
+        };
+        let method = request.method().clone();
+        match tokio::time::timeout(self.request_timeout, self.route(request)).await {
+            Ok(answer) => answer,
+            Err(_) => (
+                Err(ApiError::timeout(format!(
+                    "request did not complete within the allowed duration of {:?}",
+                    self.request_timeout
+                ))),
+                verb(&method, None, false),
+                String::new(),
+            ),
+        }
+    }
+}
+
+/// Watches, exec, logs and proxying: streams that last as long as the
+/// client wants, so neither a seat nor the request timeout applies.
+fn long_running(request: &Request<Body>) -> bool {
+    let path = request.uri().path();
+    let watch = request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| matches!(p, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
+    });
+    watch
+        || path.ends_with("/exec")
+        || path.ends_with("/attach")
+        || path.ends_with("/portforward")
+        || path.contains("/proxy")
 }
 
 #[cfg(test)]
