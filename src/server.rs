@@ -141,6 +141,10 @@ pub(crate) struct ServerArgs {
     /// scheduler.
     #[arg(long, env = "KEELSON_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// How often the API server compacts the store's history, keeping one
+    /// interval of it (kube-apiserver's flag and default; 0s: never).
+    #[arg(long, env = "KEELSON_ETCD_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
     /// How long other members wait after the leader's last renewal before
     /// taking over.
     #[arg(long, env = "KEELSON_LEADER_ELECT_LEASE_DURATION", default_value = "3s", value_parser = parse_duration)]
@@ -223,6 +227,7 @@ impl ServerArgs {
             join_secret: None,
             controllers: self.controllers()?,
             metrics: None,
+            compaction_interval: self.etcd_compaction_interval,
             default_tolerations: keelson_control::defaults::DefaultTolerations {
                 not_ready_seconds: self.default_not_ready_toleration_seconds.max(0),
                 unreachable_seconds: self.default_unreachable_toleration_seconds.max(0),

@@ -640,7 +640,8 @@ fn the_api_server_runs_against_a_real_etcd() {
         .args(["server", "--data-dir"])
         .arg(dir.path().join("api"))
         .args(["--etcd-servers", &format!("http://127.0.0.1:{client}")])
-        .args(["--listen-api-url", &format!("https://127.0.0.1:{api}")]);
+        .args(["--listen-api-url", &format!("https://127.0.0.1:{api}")])
+        .args(["--etcd-compaction-interval", "1s"]);
     let server = Spawned::start(command, "keelson server --etcd-servers");
     server.await_line("serving Kubernetes API");
 
@@ -698,6 +699,21 @@ fn the_api_server_runs_against_a_real_etcd() {
     ] {
         assert!(keys.contains(key), "{key} in:\n{keys}");
     }
+    // The API server compacts etcd's history, one interval behind, as
+    // kube-apiserver does: revision 2 goes.
+    common::wait_until(
+        Duration::from_secs(30),
+        "etcd's history compacted by the API server",
+        || {
+            let old = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &format!("127.0.0.1:{client}")])
+                .args(["get", "--prefix", "/registry/", "--rev", "2", "--keys-only"])
+                .output()
+                .expect("run etcdctl");
+            String::from_utf8_lossy(&old.stderr).contains("compacted")
+        },
+    );
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub struct ApiConfig {
     /// Renders the process's metrics for `GET /metrics`, as Kubernetes'
     /// API server serves its own.
     pub metrics: Option<crate::api::MetricsRender>,
+    /// How often the store's history is compacted (kube-apiserver's
+    /// `--etcd-compaction-interval`; zero: never).
+    pub compaction_interval: Duration,
 }
 
 /// Why the API server could not start.
@@ -379,6 +382,9 @@ pub async fn run(
     .await?;
 
     tokio::spawn(api.clone().count_objects(Duration::from_secs(30)));
+    if !config.compaction_interval.is_zero() {
+        tokio::spawn(api.clone().compact_history(config.compaction_interval));
+    }
     tokio::spawn(api.clone().scrape_resource_metrics());
     tokio::spawn(api.clone().advertise());
     let controllers = config.controllers.clone().map(|controllers| {

@@ -7,11 +7,11 @@
 //! transaction guarded on it (compare-and-set).
 
 use keelson_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, LeaseGrantRequest, Member, MemberAddRequest, MemberListRequest,
-    MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse, cluster_client::ClusterClient, compare,
-    kv_client::KvClient, lease_client::LeaseClient, request_op, response_op,
-    watch_client::WatchClient, watch_request,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, Member, MemberAddRequest,
+    MemberListRequest, MemberRemoveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    request_op, response_op, watch_client::WatchClient, watch_request,
 };
 use keelson_proto::mvccpb::{Event, KeyValue, event::EventType};
 use tokio::sync::mpsc;
@@ -238,6 +238,20 @@ impl Store {
             .member_remove(MemberRemoveRequest { id })
             .await?;
         Ok(())
+    }
+
+    /// Drops the history before `revision` (etcd's Compact). A revision
+    /// already compacted, by this member or another, is not an error.
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let request = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        match self.kv.clone().compact(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.message().contains("compacted") => Ok(()),
+            Err(status) => Err(StoreError::Request(status)),
+        }
     }
 
     /// The store's current revision, read linearizably: every write

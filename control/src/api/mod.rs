@@ -356,6 +356,35 @@ impl Api {
         }
     }
 
+    /// Compacts the store's history every `period`, to the revision it
+    /// had one period before, as kube-apiserver does (its
+    /// `--etcd-compaction-interval`, 5 minutes): the history watchers may
+    /// still resume from stays, and the store's index and disk stop
+    /// growing with every write ever made. Every member does it; a second
+    /// compaction to the same revision is a no-op.
+    pub async fn compact_history(self: Arc<Self>, period: Duration) {
+        let mut previous = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let current = match self.store.current_revision().await {
+                Ok(revision) => revision,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the store's revision to compact");
+                    continue;
+                }
+            };
+            if let Some(revision) = previous.replace(current) {
+                match self.store.compact(revision).await {
+                    Ok(()) => tracing::debug!(revision, "compacted the store's history"),
+                    Err(error) => tracing::warn!(revision, %error, "compaction failed"),
+                }
+            }
+        }
+    }
+
     /// Answers one request from `caller`.
     /// A client that is not anonymous presented a
     /// certificate the cluster CA signed.
